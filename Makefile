@@ -1,0 +1,35 @@
+# Makefile for the stp extension (PGXS)
+
+MODULE_big = stp
+OBJS = \
+	src/stp.o \
+	src/shmem.o \
+	src/launcher.o \
+	src/worker.o \
+	src/job.o \
+	src/catalog.o \
+	src/status.o \
+	src/query.o \
+	src/sqlgen.o \
+	src/partition.o
+
+EXTENSION = stp
+DATA = stp--1.0.sql
+PGFILEDESC = "stp - parallel streaming aggregation"
+
+
+REGRESS = setup functions aggregates nulls windows partitions errors
+REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
+
+ISOLATION = out_of_order
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check_iso --load-extension=stp
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# pg_regress looks for isolation specs under specs/ by default
+ISOLATION_OPTS += --inputdir=$(srcdir)/test

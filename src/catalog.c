@@ -1,0 +1,217 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *		Access to stp's own catalog tables and to a few things the job's
+ *		owner may not be allowed to read itself.
+ *
+ * Jobs and partition progress live in stp.jobs and stp.partitions, which
+ * only the extension's owner may write.  Workers and the SQL functions
+ * run as the job's owner, so they reach the catalog, and the source's
+ * sequence, by switching to the extension owner's identity for just those
+ * statements, as a SECURITY DEFINER function would.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "stp.h"
+
+/*
+ * Look up the owner of the stp extension in this database.
+ */
+static Oid
+extension_owner(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("stp"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"stp\" is not installed in this database")));
+	return owner;
+}
+
+/*
+ * Switch to the extension owner's identity.  Undone by
+ * stp_catalog_rights_end, or by transaction abort.
+ */
+void
+stp_catalog_rights_begin(StpRights *save)
+{
+	Oid			owner = extension_owner();
+
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(owner,
+						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+stp_catalog_rights_end(StpRights *save)
+{
+	SetUserIdAndSecContext(save->userid, save->sec_context);
+}
+
+/*
+ * Set search_path to pg_catalog for the current GUC nest level, so that
+ * generated SQL and deparsed expressions resolve only built-in names.
+ */
+void
+stp_pin_search_path(void)
+{
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * The schema-qualified, quoted name of a relation, or an error that says
+ * the relation is gone.
+ */
+char *
+stp_qualified_relname(Oid relid)
+{
+	char	   *relname = get_rel_name(relid);
+
+	if (relname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u of the job no longer exists", relid)));
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  relname);
+}
+
+/*
+ * The last value handed out by a sequence.  *is_called is false if it has
+ * handed out none.  Reading it needs no rights on the sequence.
+ */
+int64
+stp_sequence_last_value(Oid seqoid, bool *is_called)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	StpRights	save;
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = ObjectIdGetDatum(seqoid);
+	fcinfo->args[0].isnull = false;
+
+	stp_catalog_rights_begin(&save);
+	result = pg_sequence_last_value(fcinfo);
+	stp_catalog_rights_end(&save);
+
+	*is_called = !fcinfo->isnull;
+	return fcinfo->isnull ? 0 : DatumGetInt64(result);
+}
+
+static List *
+text_array_to_list(Datum arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *result = NIL;
+
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		result = lappend(result, nulls[i] ? NULL : TextDatumGetCString(elems[i]));
+	return result;
+}
+
+/*
+ * Read a job's definition from stp.jobs, built in mcxt.  Returns NULL if
+ * the job does not exist.  The caller is connected to SPI.
+ */
+StpJobDef *
+stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
+{
+	MemoryContext old;
+	StpRights	save;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(job_id)};
+	StpJobDef  *def;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	ListCell   *lc;
+	List	   *kinds;
+	int			ret;
+
+	stp_catalog_rights_begin(&save);
+	ret = SPI_execute_with_args("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
+								"order_column::pg_catalog.text, sequence::pg_catalog.oid, "
+								"result_table::pg_catalog.oid, partitions, batch_size, "
+								"(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
+								"timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
+								"where_clause, state FROM stp.jobs WHERE job_id = $1",
+								1, argtypes, args, NULL, true, 1);
+	stp_catalog_rights_end(&save);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return NULL;
+
+	old = MemoryContextSwitchTo(mcxt);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	def = palloc0(sizeof(StpJobDef));
+	def->job_id = job_id;
+	def->job_name = SPI_getvalue(tup, desc, 1);
+	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	def->source = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+	def->order_column = SPI_getvalue(tup, desc, 4);
+	def->sequence = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+	def->result = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+	def->partitions = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	def->batch_size = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
+	def->poll_interval_ms = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+	def->timezone = SPI_getvalue(tup, desc, 10);
+	def->key_names = text_array_to_list(SPI_getbinval(tup, desc, 11, &isnull));
+	def->key_exprs = text_array_to_list(SPI_getbinval(tup, desc, 12, &isnull));
+	def->agg_names = text_array_to_list(SPI_getbinval(tup, desc, 13, &isnull));
+	kinds = text_array_to_list(SPI_getbinval(tup, desc, 14, &isnull));
+	def->agg_args = text_array_to_list(SPI_getbinval(tup, desc, 15, &isnull));
+	d = SPI_getbinval(tup, desc, 16, &isnull);
+	def->where_clause = isnull ? NULL : TextDatumGetCString(d);
+	if (state)
+		*state = SPI_getvalue(tup, desc, 17);
+
+	def->agg_kinds = NIL;
+	foreach(lc, kinds)
+		def->agg_kinds = lappend_int(def->agg_kinds,
+									 stp_agg_kind_from_name(lfirst(lc)));
+	MemoryContextSwitchTo(old);
+	return def;
+}

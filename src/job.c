@@ -1,0 +1,844 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *		The SQL functions that create, stop, resume, drop and wait for jobs.
+ *
+ * stp_start_job checks everything before it changes anything, and all it
+ * changes (the result table and the catalog rows) is transactional, so a
+ * refused job leaves no trace.  Workers are started by the launcher once
+ * the creating transaction commits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "parser/parse_type.h"
+#include "utils/regproc.h"
+#include "pgstat.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "stp.h"
+
+PG_FUNCTION_INFO_V1(stp_start_job);
+PG_FUNCTION_INFO_V1(stp_stop_job);
+PG_FUNCTION_INFO_V1(stp_resume_job);
+PG_FUNCTION_INFO_V1(stp_drop_job);
+PG_FUNCTION_INFO_V1(stp_wait);
+
+#define STP_MAX_BATCH_SIZE		100000000
+
+/* A job as the management functions see it. */
+typedef struct StpJobRef
+{
+	int32		job_id;
+	Oid			owner;
+	Oid			sequence;
+	Oid			result;
+	char	   *state;
+} StpJobRef;
+
+/*
+ * Run a statement on stp's catalog with the extension owner's rights.
+ */
+static int
+catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
+			 bool read_only)
+{
+	StpRights	save;
+	int			ret;
+
+	stp_catalog_rights_begin(&save);
+	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, read_only, 0);
+	stp_catalog_rights_end(&save);
+	if (ret < 0)
+		elog(ERROR, "stp catalog statement failed: %s", SPI_result_code_string(ret));
+	return ret;
+}
+
+/*
+ * Find a job by name.  With for_update, lock its row and check that the
+ * caller may manage it.  Errors if it does not exist.
+ */
+static StpJobRef *
+lookup_job(const char *job_name, bool for_update)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(job_name)};
+	StpJobRef  *job;
+	TupleDesc	desc;
+	HeapTuple	tup;
+	bool		isnull;
+	Datum		d;
+
+	catalog_exec(for_update ?
+				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
+				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1 FOR UPDATE" :
+				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
+				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1",
+				 1, types, values, !for_update);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job \"%s\" does not exist", job_name),
+				 errhint("The jobs are listed in stp.job_status.")));
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	job = palloc(sizeof(StpJobRef));
+	job->job_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	job->sequence = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	job->result = DatumGetObjectId(d);
+	job->state = SPI_getvalue(tup, desc, 5);
+
+	if (for_update && !has_privs_of_role(GetUserId(), job->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of job \"%s\"", job_name),
+				 errhint("Only the job's owner, members of its role and superusers can manage it.")));
+	return job;
+}
+
+static void
+check_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/*
+ * Milliseconds in an interval without months, or an error.
+ */
+static int64
+interval_ms(Interval *iv, const char *name)
+{
+	if (iv->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not contain months or years", name)));
+	return (int64) iv->day * 86400000 + iv->time / 1000;
+}
+
+/*
+ * Find the order column and its sequence, and check that the sequence
+ * hands out values in order.  Returns the value below the first one the
+ * sequence can hand out.
+ */
+static int64
+find_order_column(StpJobDef *def, const char *requested)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(def->source)};
+	char	   *relname = get_rel_name(def->source);
+	int			row = -1;
+	TupleDesc	desc;
+	HeapTuple	tup;
+	bool		isnull;
+	int64		cache,
+				increment,
+				seqmin;
+	Oid			typid;
+	char	   *seqname;
+
+	if (requested && get_attnum(def->source, requested) == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("order column \"%s\" does not exist in table \"%s\"",
+						requested, relname)));
+
+	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text, s.seqrelid, s.seqcache, "
+							  "s.seqincrement, s.seqcycle, s.seqmin, a.atttypid "
+							  "FROM pg_catalog.pg_depend d "
+							  "JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid "
+							  "JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid "
+							  "AND a.attnum = d.refobjsubid "
+							  "WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  "AND d.refobjid = $1 AND d.deptype OPERATOR(pg_catalog.=) ANY ('{a,i}'::pg_catalog.\"char\"[]) "
+							  "AND NOT a.attisdropped ORDER BY a.attnum",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the sequences of table \"%s\"", relname);
+
+	desc = SPI_tuptable->tupdesc;
+	if (requested)
+	{
+		for (uint64 i = 0; i < SPI_processed; i++)
+			if (strcmp(SPI_getvalue(SPI_tuptable->vals[i], desc, 1), requested) == 0)
+				row = i;
+		if (row < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("order column \"%s\" of table \"%s\" is not fed by a sequence",
+							requested, relname),
+					 errdetail("stp reads new rows in the order of a column whose values come from its own sequence."),
+					 errhint("Use an identity or bigserial column.")));
+	}
+	else if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("table \"%s\" has no order column", relname),
+				 errdetail("stp reads new rows in the order of a column whose values come from its own sequence."),
+				 errhint("Add a column such as \"id bigint GENERATED ALWAYS AS IDENTITY\" or \"id bigserial\".")));
+	else if (SPI_processed > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_AMBIGUOUS_COLUMN),
+				 errmsg("table \"%s\" has more than one column fed by a sequence", relname),
+				 errhint("Name the one to read in order with order_column.")));
+	else
+		row = 0;
+
+	tup = SPI_tuptable->vals[row];
+	def->order_column = SPI_getvalue(tup, desc, 1);
+	def->sequence = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	cache = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	increment = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+	seqmin = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
+	typid = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
+	seqname = stp_qualified_relname(def->sequence);
+
+	if (typid != INT2OID && typid != INT4OID && typid != INT8OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("order column \"%s\" must be of an integer type", def->order_column)));
+	if (cache > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence %s of order column \"%s\" has CACHE %lld",
+						seqname, def->order_column, (long long) cache),
+				 errdetail("A sequence with a cache hands out values out of order without bound, so rows could be skipped."),
+				 errhint("Run ALTER SEQUENCE %s CACHE 1.", seqname)));
+	if (increment < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence %s of order column \"%s\" counts down", seqname, def->order_column),
+				 errhint("Use an ascending sequence.")));
+	if (DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence %s of order column \"%s\" cycles", seqname, def->order_column),
+				 errhint("Run ALTER SEQUENCE %s NO CYCLE.", seqname)));
+
+	return seqmin > PG_INT64_MIN ? seqmin - 1 : seqmin;
+}
+
+/*
+ * Check that the calling role can log in, since the job's workers connect
+ * as it.
+ */
+static void
+check_owner_can_login(void)
+{
+	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+	bool		canlogin;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for role %u", GetUserId());
+	canlogin = ((Form_pg_authid) GETSTRUCT(tup))->rolcanlogin;
+	ReleaseSysCache(tup);
+	if (!canlogin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\" cannot log in", GetUserNameFromId(GetUserId(), false)),
+				 errdetail("A job's workers connect as the role that creates the job."),
+				 errhint("Create the job as a role with LOGIN.")));
+}
+
+/*
+ * Does the table have a unique, NULLS NOT DISTINCT index on exactly the
+ * key columns?
+ */
+static bool
+has_key_index(Relation rel, List *columns, int nkeys)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index idx;
+		bool		match;
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		idx = (Form_pg_index) GETSTRUCT(tup);
+		match = idx->indisunique && idx->indisvalid && idx->indnullsnotdistinct &&
+			idx->indnkeyatts == nkeys &&
+			heap_attisnull(tup, Anum_pg_index_indexprs, NULL) &&
+			heap_attisnull(tup, Anum_pg_index_indpred, NULL);
+		for (int i = 0; match && i < nkeys; i++)
+		{
+			StpColumn  *col = list_nth(columns, i);
+			AttrNumber	attnum = get_attnum(RelationGetRelid(rel), col->name);
+			bool		in_index = false;
+
+			for (int j = 0; j < nkeys; j++)
+				if (idx->indkey.values[j] == attnum)
+					in_index = true;
+			match = in_index;
+		}
+		ReleaseSysCache(tup);
+		if (match)
+		{
+			found = true;
+			break;
+		}
+	}
+	return found;
+}
+
+static char *
+key_column_list(List *columns, int nkeys)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
+						 quote_identifier(((StpColumn *) list_nth(columns, i))->name));
+	return buf.data;
+}
+
+/*
+ * Check an existing result table against the job's columns.
+ */
+static void
+verify_result_table(Oid relid, List *columns, int nkeys)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	char	   *relname = stp_qualified_relname(relid);
+	ListCell   *lc;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("result table %s is not a table", relname)));
+
+	foreach(lc, columns)
+	{
+		StpColumn  *col = lfirst(lc);
+		AttrNumber	attnum = get_attnum(relid, col->name);
+		Oid			atttype;
+
+		if (attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("result table %s has no column \"%s\"", relname, col->name),
+					 errhint("Name a table that does not exist, and stp_start_job creates it with the right columns.")));
+		atttype = get_atttype(relid, attnum);
+		if (atttype != col->type)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of result table %s has type %s, but the job's query produces %s",
+							col->name, relname, format_type_be(atttype),
+							format_type_be(col->type))));
+	}
+
+	if (!has_key_index(rel, columns, nkeys))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("result table %s has no unique index on its group columns", relname),
+				 errhint("Run CREATE UNIQUE INDEX ON %s (%s) NULLS NOT DISTINCT.",
+						 relname, key_column_list(columns, nkeys))));
+
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for result table %s", relname),
+				 errhint("The job's owner needs SELECT, INSERT and UPDATE on the result table.")));
+	table_close(rel, AccessShareLock);
+
+	if (SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", relname), true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read result table %s", relname);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("result table %s is not empty", relname),
+				 errdetail("A new job aggregates every row from its start, so rows already in the table would be counted twice."),
+				 errhint("Truncate the table, or name a new one.")));
+}
+
+/*
+ * Create the result table, as the calling role, with a unique index on
+ * the group columns that treats NULLs as equal, as GROUP BY does.
+ */
+static Oid
+create_result_table(Oid nspid, const char *relname, List *columns, int nkeys)
+{
+	StringInfoData buf;
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE TABLE %s (", qualified);
+	foreach(lc, columns)
+	{
+		StpColumn  *col = lfirst(lc);
+
+		appendStringInfo(&buf, "%s%s %s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(col->name),
+						 format_type_with_typemod(col->type, col->typmod));
+		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
+			appendStringInfo(&buf, " COLLATE %s", generate_collation_name(col->collation));
+	}
+	appendStringInfoString(&buf, ")");
+	if (SPI_execute(buf.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create result table %s", qualified);
+
+	if (SPI_execute(psprintf("CREATE UNIQUE INDEX ON %s (%s) NULLS NOT DISTINCT",
+							 qualified, key_column_list(columns, nkeys)),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create the unique index of result table %s", qualified);
+
+	CommandCounterIncrement();
+	return get_relname_relid(relname, nspid);
+}
+
+static Datum
+text_array(List *items)
+{
+	int			n = list_length(items);
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	ListCell   *lc;
+
+	if (n == 0)
+		return PointerGetDatum(construct_empty_array(TEXTOID));
+	foreach(lc, items)
+	{
+		int			i = foreach_current_index(lc);
+
+		nulls[i] = (lfirst(lc) == NULL);
+		elems[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(lfirst(lc));
+	}
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+											  TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * stp_start_job(job_name, query, result_table, partitions, order_column,
+ *				 start_from, batch_size, poll_interval) returns the job id.
+ */
+Datum
+stp_start_job(PG_FUNCTION_ARGS)
+{
+	char	   *job_name,
+			   *query,
+			   *result_name,
+			   *order_column,
+			   *start_from;
+	int64		poll_ms;
+	StpJobDef	def;
+	List	   *columns;
+	int			nkeys;
+	RangeVar   *rv;
+	Oid			result_relid;
+	int64		start_offset;
+	int			save_nestlevel;
+	int32		job_id;
+	List	   *kinds = NIL;
+	ListCell   *lc;
+
+	check_not_null(fcinfo, 0, "job_name");
+	check_not_null(fcinfo, 1, "query");
+	check_not_null(fcinfo, 2, "result_table");
+	check_not_null(fcinfo, 3, "partitions");
+	check_not_null(fcinfo, 5, "start_from");
+	check_not_null(fcinfo, 6, "batch_size");
+	check_not_null(fcinfo, 7, "poll_interval");
+
+	memset(&def, 0, sizeof(def));
+	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	result_name = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	def.partitions = PG_GETARG_INT32(3);
+	order_column = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	start_from = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	def.batch_size = PG_GETARG_INT32(6);
+	poll_ms = interval_ms(PG_GETARG_INTERVAL_P(7), "poll_interval");
+
+	if (strlen(job_name) == 0 || strlen(job_name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job name must be between 1 and %d bytes long", NAMEDATALEN - 1)));
+	if (def.partitions < 1 || def.partitions > STP_MAX_PARTITIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions must be between 1 and %d", STP_MAX_PARTITIONS),
+				 errhint("Each partition is a background worker; more partitions than CPU cores rarely help.")));
+	if (def.batch_size < 1 || def.batch_size > STP_MAX_BATCH_SIZE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and %d", STP_MAX_BATCH_SIZE)));
+	if (poll_ms < 1 || poll_ms > 3600 * 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("poll_interval must be between 1 millisecond and 1 hour")));
+	if (strcmp(start_from, "beginning") != 0 && strcmp(start_from, "now") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid start_from \"%s\"", start_from),
+				 errhint("Use 'beginning' to aggregate the rows already in the table, or 'now' to start with new rows.")));
+	if (order_column && strlen(order_column) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("order_column must not be empty"),
+				 errhint("Pass NULL to let stp find the identity or bigserial column.")));
+
+	check_owner_can_login();
+
+	SPI_connect();
+
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(job_name)};
+
+		catalog_exec("SELECT 1 FROM stp.jobs WHERE job_name = $1", 1, types, values, true);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("job \"%s\" already exists", job_name),
+					 errhint("Choose another name, or drop the job with stp_drop_job().")));
+	}
+
+	/* The query, analysed with the caller's search_path. */
+	stp_analyze_query(query, &def, &columns, &nkeys);
+	if (pg_class_aclcheck(def.source, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(def.source)),
+				 errhint("The job's owner needs SELECT on the source table.")));
+
+	/* The result table's name, resolved with the caller's search_path too. */
+	rv = makeRangeVarFromNameList(stringToQualifiedNameList(result_name));
+	result_relid = RangeVarGetRelid(rv, NoLock, true);
+
+	save_nestlevel = NewGUCNestLevel();
+	stp_pin_search_path();
+
+	start_offset = find_order_column(&def, order_column);
+	if (strcmp(start_from, "now") == 0)
+	{
+		bool		is_called;
+		int64		last = stp_sequence_last_value(def.sequence, &is_called);
+
+		if (is_called)
+			start_offset = last;
+	}
+
+	if (OidIsValid(result_relid))
+	{
+		if (result_relid == def.source)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the result table cannot be the source table")));
+		verify_result_table(result_relid, columns, nkeys);
+	}
+	else
+	{
+		Oid			nspid;
+
+		AtEOXact_GUC(true, save_nestlevel);
+		nspid = RangeVarGetCreationNamespace(rv);
+		save_nestlevel = NewGUCNestLevel();
+		stp_pin_search_path();
+		result_relid = create_result_table(nspid, rv->relname, columns, nkeys);
+	}
+	def.result = result_relid;
+
+	/* The batch statement must prepare, or the job could never run. */
+	{
+		Oid			types[2] = {INT8OID, INT8OID};
+		SPIPlanPtr	plan = SPI_prepare(stp_batch_sql(&def, 0), 2, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the job's batch statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_freeplan(plan);
+	}
+
+	foreach(lc, def.agg_kinds)
+		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
+
+	{
+		Oid			types[17] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+			OIDOID, INT4OID, INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID};
+		Datum		values[17];
+		char		nulls[17];
+		StpRights	save;
+		bool		isnull;
+		int			ret;
+
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = CStringGetTextDatum(job_name);
+		values[1] = ObjectIdGetDatum(GetUserId());
+		values[2] = CStringGetTextDatum(query);
+		values[3] = ObjectIdGetDatum(def.source);
+		values[4] = CStringGetTextDatum(def.order_column);
+		values[5] = ObjectIdGetDatum(def.sequence);
+		values[6] = ObjectIdGetDatum(def.result);
+		values[7] = Int32GetDatum(def.partitions);
+		values[8] = Int64GetDatum(def.batch_size);
+		values[9] = PG_GETARG_DATUM(7);
+		values[10] = CStringGetTextDatum(GetConfigOption("TimeZone", false, false));
+		values[11] = text_array(def.key_names);
+		values[12] = text_array(def.key_exprs);
+		values[13] = text_array(def.agg_names);
+		values[14] = text_array(kinds);
+		values[15] = text_array(def.agg_args);
+		if (def.where_clause)
+			values[16] = CStringGetTextDatum(def.where_clause);
+		else
+			nulls[16] = 'n';
+
+		stp_catalog_rights_begin(&save);
+		ret = SPI_execute_with_args("INSERT INTO stp.jobs (job_name, owner, query, source, "
+									"order_column, sequence, result_table, partitions, batch_size, "
+									"poll_interval, timezone, key_names, key_exprs, agg_names, "
+									"agg_kinds, agg_args, where_clause) VALUES ($1, $2::pg_catalog.regrole, "
+									"$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
+									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+									"RETURNING job_id",
+									17, types, values, nulls, false, 0);
+		if (ret != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not insert into stp.jobs");
+		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+
+		types[0] = INT4OID;
+		types[1] = INT8OID;
+		types[2] = INT4OID;
+		values[0] = Int32GetDatum(job_id);
+		values[1] = Int64GetDatum(start_offset);
+		values[2] = Int32GetDatum(def.partitions);
+		ret = SPI_execute_with_args("INSERT INTO stp.partitions (job_id, partition, processed_upto) "
+									"SELECT $1, g, $2 FROM pg_catalog.generate_series(0, $3 - 1) g",
+									3, types, values, NULL, false, 0);
+		stp_catalog_rights_end(&save);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into stp.partitions");
+	}
+
+	AtEOXact_GUC(true, save_nestlevel);
+	SPI_finish();
+
+	stp_forget_job(MyDatabaseId, job_id);
+	stp_kick_launcher_at_commit();
+	PG_RETURN_INT32(job_id);
+}
+
+/*
+ * Stop a job's workers and wait a little for them to leave.  A worker that
+ * is killed mid-batch loses only that uncommitted batch.
+ */
+static void
+stop_workers(int32 job_id)
+{
+	stp_signal_job_workers(MyDatabaseId, job_id, SIGTERM);
+	stp_wait_job_workers_exit(MyDatabaseId, job_id, 10000);
+}
+
+Datum
+stp_stop_job(PG_FUNCTION_ARGS)
+{
+	char	   *job_name;
+	StpJobRef  *job;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+
+	check_not_null(fcinfo, 0, "job_name");
+	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	SPI_connect();
+	job = lookup_job(job_name, true);
+	if (strcmp(job->state, "stopped") == 0)
+		ereport(NOTICE,
+				(errmsg("job \"%s\" is already stopped", job_name)));
+	else
+	{
+		values[0] = Int32GetDatum(job->job_id);
+		catalog_exec("UPDATE stp.jobs SET state = 'stopped' WHERE job_id = $1",
+					 1, types, values, false);
+	}
+	SPI_finish();
+	stop_workers(job->job_id);
+	PG_RETURN_VOID();
+}
+
+Datum
+stp_resume_job(PG_FUNCTION_ARGS)
+{
+	char	   *job_name;
+	StpJobRef  *job;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+
+	check_not_null(fcinfo, 0, "job_name");
+	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	SPI_connect();
+	job = lookup_job(job_name, true);
+	values[0] = Int32GetDatum(job->job_id);
+	catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id = $1",
+				 1, types, values, false);
+	catalog_exec("UPDATE stp.partitions SET failed = false, error_count = 0, last_error = NULL "
+				 "WHERE job_id = $1", 1, types, values, false);
+	SPI_finish();
+
+	stp_forget_job(MyDatabaseId, job->job_id);
+	stp_kick_launcher_at_commit();
+	PG_RETURN_VOID();
+}
+
+Datum
+stp_drop_job(PG_FUNCTION_ARGS)
+{
+	char	   *job_name;
+	bool		drop_result;
+	StpJobRef  *job;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+
+	check_not_null(fcinfo, 0, "job_name");
+	check_not_null(fcinfo, 1, "drop_result");
+	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	drop_result = PG_GETARG_BOOL(1);
+
+	SPI_connect();
+	job = lookup_job(job_name, true);
+	values[0] = Int32GetDatum(job->job_id);
+	catalog_exec("DELETE FROM stp.jobs WHERE job_id = $1", 1, types, values, false);
+
+	if (drop_result && get_rel_name(job->result) != NULL)
+	{
+		int			save_nestlevel = NewGUCNestLevel();
+
+		stp_pin_search_path();
+		if (SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(job->result)),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop the result table");
+		AtEOXact_GUC(true, save_nestlevel);
+	}
+	SPI_finish();
+
+	stop_workers(job->job_id);
+	stp_forget_job(MyDatabaseId, job->job_id);
+	PG_RETURN_VOID();
+}
+
+/*
+ * stp_wait(job_name, timeout) returns true once every partition has
+ * processed every row whose id was handed out before the call, false on
+ * timeout.  It fails if the job has failed or is stopped.
+ */
+Datum
+stp_wait(PG_FUNCTION_ARGS)
+{
+	char	   *job_name;
+	int64		timeout_ms;
+	StpJobRef  *job;
+	int64		target;
+	bool		is_called;
+	TimestampTz deadline;
+	Oid			types[2] = {INT4OID, INT8OID};
+	Datum		values[2];
+	bool		done = false;
+
+	check_not_null(fcinfo, 0, "job_name");
+	check_not_null(fcinfo, 1, "timeout");
+	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	timeout_ms = interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
+	if (timeout_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("stp_wait cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errhint("stp_wait needs a fresh snapshot to see progress; call it in READ COMMITTED.")));
+
+	SPI_connect();
+	job = lookup_job(job_name, false);
+	target = stp_sequence_last_value(job->sequence, &is_called);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	values[0] = Int32GetDatum(job->job_id);
+	values[1] = Int64GetDatum(target);
+
+	for (;;)
+	{
+		HeapTuple	tup;
+		TupleDesc	desc;
+		bool		isnull;
+		char	   *state;
+
+		catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto >= $2), "
+					 "pg_catalog.bool_or(p.failed), "
+					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed) "
+					 "FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
+					 "WHERE j.job_id = $1 GROUP BY j.state",
+					 2, types, values, false);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("job \"%s\" was dropped", job_name)));
+		tup = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		state = SPI_getvalue(tup, desc, 1);
+		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("job \"%s\" has failed", job_name),
+					 errdetail("%s", SPI_getvalue(tup, desc, 4)),
+					 errhint("Fix the cause, then run stp_resume_job('%s').", job_name)));
+		if (strcmp(state, "running") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("job \"%s\" is stopped", job_name),
+					 errhint("Run stp_resume_job('%s') first.", job_name)));
+		if (!is_called || DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
+		{
+			done = true;
+			break;
+		}
+		SPI_freetuptable(SPI_tuptable);
+
+		if (GetCurrentTimestamp() >= deadline)
+			break;
+		stp_wake_job_workers(MyDatabaseId, job->job_id);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}

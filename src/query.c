@@ -1,0 +1,433 @@
+/*-------------------------------------------------------------------------
+ *
+ * query.c
+ *		Analysis of a job's SELECT.
+ *
+ * The query is parsed and analysed by PostgreSQL itself, so names resolve
+ * against the creating session's search_path exactly as they would for the
+ * batch query.  What stp cannot run incrementally is refused here, naming
+ * the unsupported part.  What it can run is taken apart into group keys,
+ * aggregates and a WHERE clause, each deparsed with a search_path of
+ * pg_catalog only, so the stored text means the same in every session.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_aggregate.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/clauses.h"
+#include "optimizer/optimizer.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
+#include "parser/parse_agg.h"
+#include "parser/parsetree.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+
+#include "stp.h"
+
+static void
+refuse(const char *what, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s are not supported in a job's query", what),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * Refuse whole-statement forms before parse analysis, where the raw tree
+ * still tells them apart (SELECT INTO, VALUES, set operations, WITH).
+ */
+static SelectStmt *
+check_raw_statement(const char *query_text)
+{
+	List	   *raw = raw_parser(query_text, RAW_PARSE_DEFAULT);
+	RawStmt    *rs;
+	SelectStmt *ss;
+
+	if (list_length(raw) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a job's query must be exactly one SELECT statement"),
+				 errdetail("The query text holds %d statements.", list_length(raw))));
+
+	rs = linitial_node(RawStmt, raw);
+	if (!IsA(rs->stmt, SelectStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a job's query must be a SELECT statement"),
+				 errhint("Pass the SELECT ... GROUP BY whose result the job keeps up to date.")));
+
+	ss = (SelectStmt *) rs->stmt;
+	if (ss->op != SETOP_NONE)
+		refuse("UNION, INTERSECT and EXCEPT", NULL);
+	if (ss->valuesLists)
+		refuse("VALUES lists", NULL);
+	if (ss->intoClause)
+		refuse("SELECT INTO clauses", "stp_start_job creates the result table itself; name it with result_table.");
+	if (ss->withClause)
+		refuse("WITH clauses", NULL);
+	if (ss->lockingClause)
+		refuse("FOR UPDATE and FOR SHARE clauses", NULL);
+	return ss;
+}
+
+/*
+ * The source must be a plain table that a background worker, running as
+ * the job's owner, reads the same way the creating session would.
+ */
+static void
+check_source(RangeTblEntry *rte)
+{
+	Relation	rel;
+	char	   *name = get_rel_name(rte->relid);
+
+	switch (rte->relkind)
+	{
+		case RELKIND_RELATION:
+			break;
+		case RELKIND_VIEW:
+		case RELKIND_MATVIEW:
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("source \"%s\" is a view", name),
+					 errhint("A job reads an append-only table; name the table the view reads from.")));
+			break;
+		case RELKIND_FOREIGN_TABLE:
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("source \"%s\" is a foreign table", name),
+					 errhint("A job reads an append-only local table.")));
+			break;
+		case RELKIND_PARTITIONED_TABLE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("source \"%s\" is a partitioned table", name),
+					 errhint("This version of stp reads plain tables only.")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("source \"%s\" is not a table", name)));
+	}
+
+	rel = table_open(rte->relid, AccessShareLock);
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is a temporary table", name),
+				 errhint("Background workers cannot see a session's temporary tables; use a permanent or unlogged table.")));
+	if (rel->rd_rel->relrowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" has row-level security enabled", name),
+				 errdetail("A job aggregates every row of its source, so it cannot honour row-level policies."),
+				 errhint("Disable row-level security on the source, or aggregate a table without policies.")));
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * Map a supported aggregate to its kind, or refuse it.
+ */
+static StpAggKind
+classify_aggregate(Aggref *agg, const char *colname)
+{
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	char		fname[NAMEDATALEN];
+	Oid			nsp;
+	Oid			argtype = InvalidOid;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(agg->aggfnoid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", agg->aggfnoid);
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	strlcpy(fname, NameStr(proc->proname), NAMEDATALEN);
+	nsp = proc->pronamespace;
+	ReleaseSysCache(tup);
+
+	if (agg->aggfilter)
+		refuse("FILTER clauses", "Put the condition into the query's WHERE clause, or use a separate job.");
+	if (agg->aggdistinct)
+		refuse("DISTINCT aggregates", NULL);
+	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
+		refuse("ordered-set aggregates and aggregates with ORDER BY", NULL);
+
+	if (agg->args)
+		argtype = exprType((Node *) linitial_node(TargetEntry, agg->args)->expr);
+
+	if (nsp == PG_CATALOG_NAMESPACE)
+	{
+		if (strcmp(fname, "count") == 0)
+			return STP_AGG_COUNT;
+		if (strcmp(fname, "sum") == 0)
+			return STP_AGG_SUM;
+		if (strcmp(fname, "min") == 0)
+			return STP_AGG_MIN;
+		if (strcmp(fname, "max") == 0)
+			return STP_AGG_MAX;
+		if (strcmp(fname, "avg") == 0)
+		{
+			switch (argtype)
+			{
+				case INT2OID:
+				case INT4OID:
+				case INT8OID:
+				case NUMERICOID:
+					return STP_AGG_AVG_NUMERIC;
+				case FLOAT4OID:
+				case FLOAT8OID:
+					return STP_AGG_AVG_FLOAT;
+				default:
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("avg(%s) is not supported in a job's query",
+									format_type_be(argtype)),
+							 errhint("avg is supported over smallint, integer, bigint, numeric, real and double precision.")));
+			}
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
+			 errhint("The supported aggregates are count(*), count(x), sum, min, max and avg.")));
+	return STP_AGG_COUNT;		/* keep compiler quiet */
+}
+
+static StpColumn *
+make_column(const char *name, Oid type, int32 typmod, Oid collation)
+{
+	StpColumn  *col = palloc(sizeof(StpColumn));
+
+	col->name = pstrdup(name);
+	col->type = type;
+	col->typmod = typmod;
+	col->collation = collation;
+	return col;
+}
+
+/*
+ * The type sum() returns for an argument type, for the state column that
+ * avg keeps.
+ */
+static Oid
+avg_sum_type(StpAggKind kind, Oid argtype)
+{
+	if (kind == STP_AGG_AVG_FLOAT)
+		return FLOAT8OID;
+	if (argtype == INT2OID || argtype == INT4OID)
+		return INT8OID;
+	return NUMERICOID;
+}
+
+/*
+ * Analyse the job's query.  Fills in the source and the deparsed pieces of
+ * def, and returns the result table's columns: the keys first (nkeys of
+ * them), then the aggregates, then avg's hidden state columns.
+ */
+void
+stp_analyze_query(const char *query_text, StpJobDef *def,
+				  List **columns, int *nkeys)
+{
+	SelectStmt *ss;
+	RawStmt    *rs;
+	Query	   *q;
+	RangeTblEntry *rte;
+	List	   *dpcontext;
+	List	   *keys = NIL;
+	List	   *aggs = NIL;
+	List	   *state = NIL;
+	List	   *names = NIL;
+	ListCell   *lc;
+	int			save_nestlevel;
+
+	ss = check_raw_statement(query_text);
+	rs = makeNode(RawStmt);
+	rs->stmt = (Node *) ss;
+	rs->stmt_location = -1;
+	q = parse_analyze_fixedparams(rs, query_text, NULL, 0, NULL);
+
+	if (q->commandType != CMD_SELECT || q->utilityStmt != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a job's query must be a SELECT statement")));
+	if (q->hasWindowFuncs)
+		refuse("window functions", NULL);
+	if (q->hasSubLinks)
+		refuse("subqueries", NULL);
+	if (q->hasTargetSRFs)
+		refuse("set-returning functions", NULL);
+	if (q->distinctClause)
+		refuse("DISTINCT clauses", NULL);
+	if (q->havingQual)
+		refuse("HAVING clauses", "Filter the result table when you read it instead.");
+	if (q->sortClause)
+		refuse("ORDER BY clauses", "Order the result table when you read it instead.");
+	if (q->limitCount || q->limitOffset)
+		refuse("LIMIT and OFFSET clauses", NULL);
+	if (q->groupingSets)
+		refuse("GROUPING SETS, ROLLUP and CUBE", "Use one job per grouping.");
+
+	if (list_length(q->rtable) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a job's query must read from a table")));
+	foreach(lc, q->rtable)
+	{
+		RangeTblEntry *r = lfirst_node(RangeTblEntry, lc);
+
+		if (r->rtekind == RTE_SUBQUERY)
+			refuse("subqueries in FROM", NULL);
+		if (r->rtekind == RTE_FUNCTION || r->rtekind == RTE_TABLEFUNC)
+			refuse("functions in FROM", NULL);
+		if (r->rtekind == RTE_VALUES)
+			refuse("VALUES lists", NULL);
+	}
+	if (list_length(q->rtable) != 1 || list_length(q->jointree->fromlist) != 1)
+		refuse("joins", "A job reads one source table.");
+	rte = linitial_node(RangeTblEntry, q->rtable);
+	if (rte->rtekind != RTE_RELATION)
+		refuse("sources other than a table", NULL);
+	check_source(rte);
+
+	if (contain_volatile_functions((Node *) q))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("volatile functions are not supported in a job's query"),
+				 errdetail("A job's result must not depend on when its rows are read."),
+				 errhint("Remove calls such as random(), clock_timestamp() or nextval().")));
+
+	if (q->groupClause == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job's query needs a GROUP BY clause"),
+				 errhint("A job keeps one result row per group; to keep a single total, group by a constant column of the source.")));
+
+	/* Every grouping expression must be an output column, to key the result. */
+	foreach(lc, q->groupClause)
+	{
+		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, q->targetList);
+
+		if (tle->resjunk)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("every GROUP BY expression must appear in the select list"),
+					 errhint("Add the grouping expression to the select list, with a name, so that it keys the result table.")));
+	}
+
+	/* Deparse with a search_path that makes every name fully qualified. */
+	save_nestlevel = NewGUCNestLevel();
+	stp_pin_search_path();
+	dpcontext = deparse_context_for(get_rel_name(rte->relid), rte->relid);
+
+	def->key_names = def->key_exprs = NIL;
+	def->agg_names = def->agg_kinds = def->agg_args = NIL;
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+		Node	   *expr = (Node *) tle->expr;
+		char	   *name = tle->resname;
+		ListCell   *lc2;
+
+		if (tle->resjunk)
+			continue;
+		if (name == NULL || strcmp(name, "?column?") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
+					 errmsg("output column %d of the job's query has no name", tle->resno),
+					 errhint("Give it a name with AS.")));
+		if (strncmp(name, "_stp_", 5) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_RESERVED_NAME),
+					 errmsg("output column name \"%s\" is reserved", name),
+					 errdetail("Names beginning with \"_stp_\" are kept for stp's state columns."),
+					 errhint("Choose another name with AS.")));
+		foreach(lc2, names)
+		{
+			if (strcmp((char *) lfirst(lc2), name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("output column name \"%s\" appears more than once", name),
+						 errhint("Give each output column a distinct name with AS.")));
+		}
+		names = lappend(names, name);
+
+		if (tle->ressortgroupref != 0 &&
+			get_sortgroupref_clause_noerr(tle->ressortgroupref, q->groupClause))
+		{
+			Oid			type = exprType(expr);
+			Oid			coll = exprCollation(expr);
+
+			if (!stp_type_routable(type, coll))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("group key \"%s\" of type %s cannot be routed to a partition",
+								name, format_type_be(type)),
+						 errhint("A group key's type needs a hash operator class.")));
+			keys = lappend(keys, make_column(name, type, exprTypmod(expr), coll));
+			def->key_names = lappend(def->key_names, pstrdup(name));
+			def->key_exprs = lappend(def->key_exprs,
+									 deparse_expression(expr, dpcontext, false, false));
+		}
+		else if (IsA(expr, Aggref))
+		{
+			Aggref	   *agg = (Aggref *) expr;
+			StpAggKind	kind = classify_aggregate(agg, name);
+			char	   *arg = NULL;
+
+			if (agg->args)
+			{
+				Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
+
+				arg = deparse_expression(argexpr, dpcontext, false, false);
+				if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+				{
+					state = lappend(state,
+									make_column(stp_avg_sum_column(name),
+												avg_sum_type(kind, exprType(argexpr)),
+												-1, InvalidOid));
+					state = lappend(state,
+									make_column(stp_avg_count_column(name),
+												INT8OID, -1, InvalidOid));
+				}
+			}
+			aggs = lappend(aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
+			def->agg_names = lappend(def->agg_names, pstrdup(name));
+			def->agg_kinds = lappend_int(def->agg_kinds, kind);
+			def->agg_args = lappend(def->agg_args, arg);
+		}
+		else if (contain_agg_clause(expr))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("output column \"%s\" computes with an aggregate's result", name),
+					 errhint("Each aggregate must be an output column of its own, such as sum(x) AS s; compute with it when you read the result table.")));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("output column \"%s\" is neither a GROUP BY expression nor an aggregate", name),
+					 errhint("Group by the expression itself, or compute it when you read the result table.")));
+	}
+
+	def->source = rte->relid;
+	def->where_clause = q->jointree->quals ?
+		deparse_expression(q->jointree->quals, dpcontext, false, false) : NULL;
+
+	AtEOXact_GUC(true, save_nestlevel);
+
+	*nkeys = list_length(keys);
+	*columns = list_concat(list_concat(keys, aggs), state);
+}

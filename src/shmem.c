@@ -1,0 +1,299 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		The shared registry of partition workers and databases.
+ *
+ * The registry lets any backend find a job's live workers (to signal them,
+ * wake them or show their pid), lets a worker make sure it is the only one
+ * for its partition, and lets the launcher know which databases to scan.
+ * Progress itself is never kept here: it lives in stp.partitions and
+ * commits with the results.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "stp.h"
+
+StpShared  *stp_shared = NULL;
+
+/* Work to do when the current transaction commits. */
+static bool kick_launcher_at_commit = false;
+static bool stop_db_workers_at_commit = false;
+
+void
+stp_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(StpShared)));
+	RequestNamedLWLockTranche("stp", 1);
+}
+
+void
+stp_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	stp_shared = ShmemInitStruct("stp", sizeof(StpShared), &found);
+	if (!found)
+	{
+		memset(stp_shared, 0, sizeof(StpShared));
+		stp_shared->lock = &(GetNamedLWLockTranche("stp"))->lock;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Find the entry of a partition.  The caller holds the registry lock.
+ */
+StpSlot *
+stp_slot_find(Oid dboid, int32 job_id, int32 partition)
+{
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid &&
+			slot->job_id == job_id && slot->partition == partition)
+			return slot;
+	}
+	return NULL;
+}
+
+/*
+ * Find or create the entry of a partition.  The caller holds the registry
+ * lock exclusively.  When the registry is full, an entry without a worker
+ * is reused; NULL means every entry has a live worker.
+ */
+StpSlot *
+stp_slot_get(Oid dboid, int32 job_id, int32 partition)
+{
+	StpSlot    *slot = stp_slot_find(dboid, job_id, partition);
+	StpSlot    *spare = NULL;
+
+	if (slot)
+		return slot;
+
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *s = &stp_shared->slots[i];
+
+		if (!s->in_use)
+		{
+			spare = s;
+			break;
+		}
+		if (spare == NULL && s->pid == 0)
+			spare = s;
+	}
+	if (spare == NULL)
+		return NULL;
+
+	memset(spare, 0, sizeof(StpSlot));
+	spare->in_use = true;
+	spare->dboid = dboid;
+	spare->job_id = job_id;
+	spare->partition = partition;
+	return spare;
+}
+
+/*
+ * Ask the launcher to scan a database for jobs to start.
+ */
+void
+stp_request_scan(Oid dboid)
+{
+	int			free_entry = -1;
+
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < STP_MAX_DATABASES; i++)
+	{
+		if (stp_shared->dbs[i].dboid == dboid)
+		{
+			stp_shared->dbs[i].scan_requested = true;
+			free_entry = -2;
+			break;
+		}
+		if (free_entry == -1 && stp_shared->dbs[i].dboid == InvalidOid)
+			free_entry = i;
+	}
+	if (free_entry >= 0)
+	{
+		stp_shared->dbs[free_entry].dboid = dboid;
+		stp_shared->dbs[free_entry].scan_requested = true;
+	}
+	LWLockRelease(stp_shared->lock);
+
+	if (stp_shared->launcher_latch)
+		SetLatch(stp_shared->launcher_latch);
+}
+
+/*
+ * Send a signal to the live workers of one job, or of every job in the
+ * database when job_id is -1.  Returns how many were signalled.
+ */
+int
+stp_signal_job_workers(Oid dboid, int32 job_id, int signo)
+{
+	int			n = 0;
+
+	LWLockAcquire(stp_shared->lock, LW_SHARED);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid && slot->pid > 0 &&
+			(job_id < 0 || slot->job_id == job_id))
+		{
+			kill(slot->pid, signo);
+			n++;
+		}
+	}
+	LWLockRelease(stp_shared->lock);
+	return n;
+}
+
+/*
+ * A database is being dropped: its workers leave, and the launcher keeps
+ * away from it for a while so that DROP DATABASE finds it empty.
+ */
+void
+stp_database_dropping(Oid dboid)
+{
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < STP_MAX_DATABASES; i++)
+	{
+		if (stp_shared->dbs[i].dboid == dboid)
+			stp_shared->dbs[i].skip_until =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+	}
+	LWLockRelease(stp_shared->lock);
+	stp_signal_job_workers(dboid, -1, SIGTERM);
+}
+
+/*
+ * Wait until no worker of the job is alive, or the timeout passes.
+ */
+void
+stp_wait_job_workers_exit(Oid dboid, int32 job_id, int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   timeout_ms);
+
+	for (;;)
+	{
+		bool		alive = false;
+
+		LWLockAcquire(stp_shared->lock, LW_SHARED);
+		for (int i = 0; i < STP_MAX_SLOTS; i++)
+		{
+			StpSlot    *slot = &stp_shared->slots[i];
+
+			if (slot->in_use && slot->dboid == dboid &&
+				slot->job_id == job_id && slot->pid > 0)
+				alive = true;
+		}
+		LWLockRelease(stp_shared->lock);
+
+		if (!alive || GetCurrentTimestamp() >= deadline)
+			return;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Wake a job's idle workers so that they look for new rows now.
+ */
+void
+stp_wake_job_workers(Oid dboid, int32 job_id)
+{
+	LWLockAcquire(stp_shared->lock, LW_SHARED);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid &&
+			slot->job_id == job_id && slot->pid > 0 && slot->latch)
+			SetLatch(slot->latch);
+	}
+	LWLockRelease(stp_shared->lock);
+}
+
+/*
+ * Drop the registry entries of a job that no longer exists, so that a job
+ * created later with the same id starts with no backoff.
+ */
+void
+stp_forget_job(Oid dboid, int32 job_id)
+{
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid &&
+			slot->job_id == job_id && slot->pid == 0)
+			slot->in_use = false;
+	}
+	LWLockRelease(stp_shared->lock);
+}
+
+void
+stp_kick_launcher_at_commit(void)
+{
+	kick_launcher_at_commit = true;
+}
+
+void
+stp_stop_db_workers_at_commit(void)
+{
+	stop_db_workers_at_commit = true;
+}
+
+/*
+ * Act on what the transaction asked for, once it has committed: the
+ * launcher must only look for new or resumed jobs when they are visible.
+ */
+static void
+stp_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (stp_shared && kick_launcher_at_commit)
+				stp_request_scan(MyDatabaseId);
+			if (stp_shared && stop_db_workers_at_commit)
+				stp_signal_job_workers(MyDatabaseId, -1, SIGTERM);
+			kick_launcher_at_commit = false;
+			stop_db_workers_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			kick_launcher_at_commit = false;
+			stop_db_workers_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+stp_xact_callback_init(void)
+{
+	RegisterXactCallback(stp_xact_callback, NULL);
+}

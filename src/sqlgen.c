@@ -1,0 +1,233 @@
+/*-------------------------------------------------------------------------
+ *
+ * sqlgen.c
+ *		The SQL text of a partition's batch.
+ *
+ * One statement does a whole batch: it reads the source rows in an
+ * order-column range, keeps the partition's own groups, aggregates them
+ * with PostgreSQL's executor and upserts the groups into the result table.
+ * It returns how many source rows it aggregated.  The worker runs it as a
+ * prepared plan, in the same transaction as its progress update.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+
+#include "stp.h"
+
+char *
+stp_avg_sum_column(const char *name)
+{
+	return psprintf("_stp_%s_sum", name);
+}
+
+char *
+stp_avg_count_column(const char *name)
+{
+	return psprintf("_stp_%s_count", name);
+}
+
+static const char *const agg_kind_names[] = {
+	"count", "sum", "min", "max", "avg_numeric", "avg_float"
+};
+
+char *
+stp_agg_kind_name(StpAggKind kind)
+{
+	return (char *) agg_kind_names[kind];
+}
+
+StpAggKind
+stp_agg_kind_from_name(const char *name)
+{
+	for (int i = 0; i < lengthof(agg_kind_names); i++)
+	{
+		if (strcmp(agg_kind_names[i], name) == 0)
+			return (StpAggKind) i;
+	}
+	elog(ERROR, "unknown aggregate kind \"%s\" in stp.jobs", name);
+	return STP_AGG_COUNT;		/* keep compiler quiet */
+}
+
+static bool
+is_avg(StpAggKind kind)
+{
+	return kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT;
+}
+
+/*
+ * Append "r.col <op> EXCLUDED.col"-style merge of two partial sums, which
+ * keeps sum's NULL for a group whose arguments were all NULL.
+ */
+static void
+append_sum_merge(StringInfo buf, const char *col)
+{
+	appendStringInfo(buf, "COALESCE(r.%s + EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+					 col, col, col, col);
+}
+
+static void
+append_joined(StringInfo buf, List *items)
+{
+	ListCell   *lc;
+
+	foreach(lc, items)
+		appendStringInfo(buf, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 (char *) lfirst(lc));
+}
+
+/*
+ * Build the batch statement of one partition.  $1 and $2 bound the
+ * order-column range (exclusive, inclusive).  The text assumes a
+ * search_path of pg_catalog only.
+ */
+char *
+stp_batch_sql(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+	ListCell   *lc,
+			   *lc2,
+			   *lc3;
+	int			nkeys = list_length(def->key_names);
+	int			i;
+	const char *ord = quote_identifier(def->order_column);
+
+	initStringInfo(&buf);
+
+	/* The partition's groups of this batch. */
+	appendStringInfoString(&buf, "WITH a AS (SELECT ");
+	i = 0;
+	foreach(lc, def->key_exprs)
+		appendStringInfo(&buf, "%s AS k%d, ", (char *) lfirst(lc), i++);
+	i = 0;
+	forthree(lc, def->agg_kinds, lc2, def->agg_args, lc3, def->agg_names)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
+		char	   *arg = (char *) lfirst(lc2);
+
+		switch (kind)
+		{
+			case STP_AGG_COUNT:
+				appendStringInfo(&buf, "pg_catalog.count(%s)", arg ? arg : "*");
+				break;
+			case STP_AGG_SUM:
+				appendStringInfo(&buf, "pg_catalog.sum(%s)", arg);
+				break;
+			case STP_AGG_MIN:
+				appendStringInfo(&buf, "pg_catalog.min(%s)", arg);
+				break;
+			case STP_AGG_MAX:
+				appendStringInfo(&buf, "pg_catalog.max(%s)", arg);
+				break;
+			case STP_AGG_AVG_NUMERIC:
+				appendStringInfo(&buf, "pg_catalog.avg(%s) AS a%d, pg_catalog.sum(%s) AS s%d, pg_catalog.count(%s)",
+								 arg, i, arg, i, arg);
+				break;
+			case STP_AGG_AVG_FLOAT:
+				appendStringInfo(&buf, "pg_catalog.avg(%s) AS a%d, pg_catalog.sum((%s)::pg_catalog.float8) AS s%d, pg_catalog.count(%s)",
+								 arg, i, arg, i, arg);
+				break;
+		}
+		appendStringInfo(&buf, " AS %c%d, ", is_avg(kind) ? 'n' : 'a', i);
+		i++;
+	}
+	appendStringInfo(&buf, "pg_catalog.count(*) AS _rows FROM %s WHERE %s > $1 AND %s <= $2",
+					 stp_qualified_relname(def->source), ord, ord);
+	if (def->where_clause)
+		appendStringInfo(&buf, " AND (%s)", def->where_clause);
+	if (def->partitions > 1)
+	{
+		appendStringInfo(&buf, " AND stp.partition_of(%d", def->partitions);
+		foreach(lc, def->key_exprs)
+			appendStringInfo(&buf, ", %s", (char *) lfirst(lc));
+		appendStringInfo(&buf, ") = %d", partition);
+	}
+	appendStringInfoString(&buf, " GROUP BY ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
+
+	/* Merge them into the result table. */
+	appendStringInfo(&buf, "), m AS (INSERT INTO %s AS r (",
+					 stp_qualified_relname(def->result));
+	{
+		List	   *cols = NIL;
+		List	   *vals = NIL;
+
+		i = 0;
+		foreach(lc, def->key_names)
+		{
+			cols = lappend(cols, (char *) quote_identifier(lfirst(lc)));
+			vals = lappend(vals, psprintf("k%d", i++));
+		}
+		i = 0;
+		forboth(lc, def->agg_names, lc2, def->agg_kinds)
+		{
+			cols = lappend(cols, (char *) quote_identifier(lfirst(lc)));
+			vals = lappend(vals, psprintf("a%d", i));
+			if (is_avg((StpAggKind) lfirst_int(lc2)))
+			{
+				cols = lappend(cols, (char *) quote_identifier(stp_avg_sum_column(lfirst(lc))));
+				cols = lappend(cols, (char *) quote_identifier(stp_avg_count_column(lfirst(lc))));
+				vals = lappend(vals, psprintf("s%d", i));
+				vals = lappend(vals, psprintf("n%d", i));
+			}
+			i++;
+		}
+		append_joined(&buf, cols);
+		appendStringInfoString(&buf, ") SELECT ");
+		append_joined(&buf, vals);
+	}
+	appendStringInfoString(&buf, " FROM a ON CONFLICT (");
+	foreach(lc, def->key_names)
+		appendStringInfo(&buf, "%s%s", quote_identifier(lfirst(lc)),
+						 lnext(def->key_names, lc) ? ", " : "");
+	appendStringInfoString(&buf, def->agg_names ? ") DO UPDATE SET " : ") DO NOTHING");
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		const char *col = quote_identifier(lfirst(lc));
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		appendStringInfo(&buf, "%s = ", col);
+		switch (kind)
+		{
+			case STP_AGG_COUNT:
+				appendStringInfo(&buf, "r.%s + EXCLUDED.%s", col, col);
+				break;
+			case STP_AGG_SUM:
+				append_sum_merge(&buf, col);
+				break;
+			case STP_AGG_MIN:
+				appendStringInfo(&buf, "LEAST(r.%s, EXCLUDED.%s)", col, col);
+				break;
+			case STP_AGG_MAX:
+				appendStringInfo(&buf, "GREATEST(r.%s, EXCLUDED.%s)", col, col);
+				break;
+			case STP_AGG_AVG_NUMERIC:
+			case STP_AGG_AVG_FLOAT:
+				{
+					const char *s = quote_identifier(stp_avg_sum_column(lfirst(lc)));
+					const char *n = quote_identifier(stp_avg_count_column(lfirst(lc)));
+
+					appendStringInfo(&buf, "CASE WHEN r.%s + EXCLUDED.%s = 0 THEN NULL ELSE (",
+									 n, n);
+					append_sum_merge(&buf, s);
+					if (kind == STP_AGG_AVG_NUMERIC)
+						appendStringInfo(&buf, ")::pg_catalog.numeric / (r.%s + EXCLUDED.%s)::pg_catalog.numeric END, ",
+										 n, n);
+					else
+						appendStringInfo(&buf, ") / (r.%s + EXCLUDED.%s)::pg_catalog.float8 END, ",
+										 n, n);
+					appendStringInfo(&buf, "%s = ", s);
+					append_sum_merge(&buf, s);
+					appendStringInfo(&buf, ", %s = r.%s + EXCLUDED.%s", n, n, n);
+				}
+				break;
+		}
+		appendStringInfoString(&buf, lnext(def->agg_names, lc) ? ", " : "");
+	}
+	appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8 FROM a");
+	return buf.data;
+}

@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * status.c
+ *		What stp.job_status shows beyond the catalog: live worker pids and
+ *		states, and how far the source's sequence has gone.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/tuplestore.h"
+
+#include "stp.h"
+
+PG_FUNCTION_INFO_V1(stp_worker_slots);
+PG_FUNCTION_INFO_V1(stp_sequence_last_value_sql);
+
+static const char *
+state_name(StpWorkerState state)
+{
+	switch (state)
+	{
+		case STP_WS_STARTING:
+			return "starting";
+		case STP_WS_RUNNING:
+			return "running";
+		case STP_WS_IDLE:
+			return "idle";
+		case STP_WS_RETRYING:
+			return "retrying";
+	}
+	return "unknown";
+}
+
+/*
+ * stp.worker_slots() lists the partitions of this database that have a
+ * worker running or starting.
+ */
+Datum
+stp_worker_slots(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(stp_shared->lock, LW_SHARED);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		if (!slot->in_use || slot->dboid != MyDatabaseId || slot->pid == 0)
+			continue;
+		values[0] = Int32GetDatum(slot->job_id);
+		values[1] = Int32GetDatum(slot->partition);
+		if (slot->pid > 0)
+			values[2] = Int32GetDatum(slot->pid);
+		else
+			nulls[2] = true;
+		values[3] = CStringGetTextDatum(slot->pid > 0 ? state_name(slot->state) : "starting");
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(stp_shared->lock);
+	return (Datum) 0;
+}
+
+/*
+ * stp.sequence_last_value(seq) is the last value the sequence handed out,
+ * or NULL if none.  Anyone may read it, for rows_behind.
+ */
+Datum
+stp_sequence_last_value_sql(PG_FUNCTION_ARGS)
+{
+	bool		is_called;
+	int64		last = stp_sequence_last_value(PG_GETARG_OID(0), &is_called);
+
+	if (!is_called)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(last);
+}

@@ -1,0 +1,117 @@
+/*-------------------------------------------------------------------------
+ *
+ * stp.c
+ *		Entry point of the stp extension: _PG_init, GUCs and hooks.
+ *
+ * stp must be loaded through shared_preload_libraries, because it reserves
+ * shared memory for its worker registry and registers the launcher, a
+ * static background worker.  Loading it any other way is an error.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+
+#include "stp.h"
+
+PG_MODULE_MAGIC;
+
+int			stp_launcher_naptime = 5000;
+int			stp_max_retries = 5;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+void		_PG_init(void);
+
+/*
+ * Request our shared memory and LWLock tranche, chaining the previous hook.
+ */
+static void
+stp_shmem_request_hook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	stp_shmem_request();
+}
+
+static void
+stp_shmem_startup_hook(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	stp_shmem_startup();
+}
+
+/*
+ * Dropping the extension or the database must not leave partition workers
+ * behind.  DROP EXTENSION stops the database's workers once it commits.
+ * DROP DATABASE waits a few seconds for other sessions to leave before it
+ * gives up, so the workers are told to leave right away; if the drop then
+ * fails, the launcher starts them again.
+ */
+static void
+stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				  int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access != OAT_DROP || stp_shared == NULL)
+		return;
+
+	if (classId == ExtensionRelationId &&
+		objectId == get_extension_oid("stp", true))
+		stp_stop_db_workers_at_commit();
+	else if (classId == DatabaseRelationId)
+		stp_database_dropping(objectId);
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stp must be loaded via shared_preload_libraries"),
+				 errhint("Add stp to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	DefineCustomIntVariable("stp.launcher_naptime",
+							"Time between the launcher's checks that every job's workers run.",
+							NULL,
+							&stp_launcher_naptime,
+							5000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stp.max_retries",
+							"Consecutive failed attempts after which a partition is marked failed.",
+							NULL,
+							&stp_max_retries,
+							5, 0, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("stp");
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = stp_shmem_request_hook;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = stp_shmem_startup_hook;
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = stp_object_access;
+
+	stp_xact_callback_init();
+	stp_register_launcher();
+}

@@ -1,0 +1,178 @@
+/*-------------------------------------------------------------------------
+ *
+ * stp.h
+ *		Declarations shared by the stp extension's modules: GUCs, the
+ *		shared-memory registry of partition workers, the job catalog and
+ *		the SQL generator.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef STP_H
+#define STP_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+
+/* Upper bound on partitions per job. */
+#define STP_MAX_PARTITIONS		64
+
+/* Sizes of the shared registry. */
+#define STP_MAX_DATABASES		64
+#define STP_MAX_SLOTS			1024
+
+/* What a live partition worker is doing, as shown by stp.job_status. */
+typedef enum StpWorkerState
+{
+	STP_WS_STARTING = 0,
+	STP_WS_RUNNING,				/* processing a backlog */
+	STP_WS_IDLE,				/* caught up, polling */
+	STP_WS_RETRYING				/* backing off after an error */
+} StpWorkerState;
+
+/*
+ * One entry per (database, job, partition) that was ever started since the
+ * server started.  The entry outlives its worker, so that restart backoff
+ * survives the worker's exit.  pid is 0 when no worker runs, -1 while one
+ * is being started, and the worker's pid otherwise.
+ */
+typedef struct StpSlot
+{
+	bool		in_use;
+	Oid			dboid;
+	int32		job_id;
+	int32		partition;
+	pid_t		pid;
+	Latch	   *latch;
+	StpWorkerState state;
+	int			restarts;		/* starts since the last successful batch */
+	TimestampTz last_start;
+} StpSlot;
+
+typedef struct StpDatabase
+{
+	Oid			dboid;
+	bool		has_stp;		/* extension seen by the last scan */
+	bool		scan_requested;
+	TimestampTz skip_until;		/* DROP DATABASE in progress */
+} StpDatabase;
+
+typedef struct StpShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	StpDatabase dbs[STP_MAX_DATABASES];
+	StpSlot		slots[STP_MAX_SLOTS];
+} StpShared;
+
+extern StpShared *stp_shared;
+
+/* GUCs (stp.c) */
+extern int	stp_launcher_naptime;
+extern int	stp_max_retries;
+
+/* shmem.c */
+extern void stp_shmem_request(void);
+extern void stp_shmem_startup(void);
+extern StpSlot *stp_slot_find(Oid dboid, int32 job_id, int32 partition);
+extern StpSlot *stp_slot_get(Oid dboid, int32 job_id, int32 partition);
+extern void stp_request_scan(Oid dboid);
+extern int	stp_signal_job_workers(Oid dboid, int32 job_id, int signo);
+extern void stp_wait_job_workers_exit(Oid dboid, int32 job_id, int timeout_ms);
+extern void stp_wake_job_workers(Oid dboid, int32 job_id);
+extern void stp_forget_job(Oid dboid, int32 job_id);
+extern void stp_database_dropping(Oid dboid);
+extern void stp_kick_launcher_at_commit(void);
+extern void stp_stop_db_workers_at_commit(void);
+extern void stp_xact_callback_init(void);
+
+/* launcher.c */
+extern void stp_register_launcher(void);
+extern PGDLLEXPORT void stp_launcher_main(Datum main_arg);
+extern PGDLLEXPORT void stp_starter_main(Datum main_arg);
+
+/* worker.c */
+extern PGDLLEXPORT void stp_worker_main(Datum main_arg);
+extern bool stp_register_worker(Oid dboid, Oid owner, int32 job_id,
+								int32 partition);
+
+/*
+ * A job's definition as stored in stp.jobs, in the form the SQL generator
+ * needs.  The expressions are deparsed with a search_path of pg_catalog only,
+ * so they are fully qualified and independent of any session's search_path.
+ */
+typedef enum StpAggKind
+{
+	STP_AGG_COUNT,				/* count(*) or count(x) */
+	STP_AGG_SUM,
+	STP_AGG_MIN,
+	STP_AGG_MAX,
+	STP_AGG_AVG_NUMERIC,		/* avg over integers and numeric */
+	STP_AGG_AVG_FLOAT			/* avg over float4 and float8 */
+} StpAggKind;
+
+typedef struct StpJobDef
+{
+	int32		job_id;
+	char	   *job_name;
+	Oid			owner;
+	Oid			source;
+	char	   *order_column;
+	Oid			sequence;
+	Oid			result;
+	int32		partitions;
+	int64		batch_size;
+	int64		poll_interval_ms;
+	char	   *timezone;
+	List	   *key_names;		/* of char * */
+	List	   *key_exprs;		/* of char * */
+	List	   *agg_names;		/* of char * */
+	List	   *agg_kinds;		/* of int (StpAggKind) */
+	List	   *agg_args;		/* of char *, NULL for count(*) */
+	char	   *where_clause;	/* NULL if none */
+} StpJobDef;
+
+/* sqlgen.c */
+extern char *stp_batch_sql(StpJobDef *def, int32 partition);
+extern char *stp_agg_kind_name(StpAggKind kind);
+extern StpAggKind stp_agg_kind_from_name(const char *name);
+extern char *stp_avg_sum_column(const char *name);
+extern char *stp_avg_count_column(const char *name);
+
+/* A column of the result table, as the job's query produces it. */
+typedef struct StpColumn
+{
+	char	   *name;
+	Oid			type;
+	int32		typmod;
+	Oid			collation;
+} StpColumn;
+
+/* query.c */
+extern void stp_analyze_query(const char *query_text, StpJobDef *def,
+							  List **columns, int *nkeys);
+
+/* Saved identity while running with the extension owner's rights. */
+typedef struct StpRights
+{
+	Oid			userid;
+	int			sec_context;
+} StpRights;
+
+/* catalog.c */
+extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
+extern void stp_catalog_rights_begin(StpRights *save);
+extern void stp_catalog_rights_end(StpRights *save);
+extern int64 stp_sequence_last_value(Oid seqoid, bool *is_called);
+extern void stp_pin_search_path(void);
+extern char *stp_qualified_relname(Oid relid);
+
+/* partition.c */
+extern bool stp_type_routable(Oid typid, Oid collid);
+
+#endif							/* STP_H */
