@@ -356,7 +356,8 @@ verify_result_table(Oid relid, List *columns, int nkeys)
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of result table %s has type %s, but the job's query produces %s",
 							col->name, relname, format_type_be(atttype),
-							format_type_be(col->type))));
+							format_type_be(col->type)),
+					 errhint("Name a table that does not exist, and stp_start_job creates it with the right columns.")));
 	}
 
 	if (!has_key_index(rel, columns, nkeys))

@@ -100,11 +100,16 @@ check_source(RangeTblEntry *rte)
 		case RELKIND_RELATION:
 			break;
 		case RELKIND_VIEW:
-		case RELKIND_MATVIEW:
 			ereport(ERROR,
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("source \"%s\" is a view", name),
 					 errhint("A job reads an append-only table; name the table the view reads from.")));
+			break;
+		case RELKIND_MATVIEW:
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("source \"%s\" is a materialized view", name),
+					 errhint("A job reads an append-only table; name the table the materialized view reads from.")));
 			break;
 		case RELKIND_FOREIGN_TABLE:
 			ereport(ERROR,

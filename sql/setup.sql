@@ -1,0 +1,26 @@
+-- Shared helpers for the regression tests.
+
+-- stp_test_diff(result, cols, query) counts the rows in the symmetric
+-- difference between the result table's columns and the batch query.
+-- EXCEPT ALL treats NULLs as equal, as GROUP BY does.
+CREATE FUNCTION stp_test_diff(result regclass, cols text, query text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM ((SELECT %s FROM %s EXCEPT ALL (%s)) '
+                   'UNION ALL ((%s) EXCEPT ALL SELECT %s FROM %s)) d',
+                   cols, result, query, query, cols, result) INTO n;
+    RETURN n;
+END $$;
+
+-- The result types of a table's columns, for checking type fidelity.
+CREATE FUNCTION stp_test_types(result regclass)
+RETURNS TABLE (col name, type text) LANGUAGE sql AS $$
+    SELECT attname, format_type(atttypid, atttypmod)
+    FROM pg_attribute WHERE attrelid = result AND attnum > 0 AND NOT attisdropped
+    ORDER BY attnum
+$$;
+
+SELECT extname FROM pg_extension WHERE extname = 'stp';
+SHOW shared_preload_libraries;

@@ -1,0 +1,45 @@
+-- Tumbling event-time windows: date_bin and date_trunc as group keys,
+-- with a WHERE clause.
+SET timezone = 'UTC';
+CREATE TABLE events (id bigserial, ts timestamptz NOT NULL, kind text, page text, bytes int);
+INSERT INTO events (ts, kind, page, bytes)
+SELECT '2026-03-01 00:00:00+00'::timestamptz + g * interval '7 seconds',
+       CASE WHEN g % 3 = 0 THEN 'click' ELSE 'view' END, 'page' || (g % 3), g
+FROM generate_series(0, 1999) g;
+
+SELECT stp_start_job('views_per_minute', $$
+    SELECT page, date_bin('1 minute', ts, 'epoch') AS minute,
+           count(*) AS views, sum(bytes) AS bytes, max(bytes) AS biggest
+    FROM events WHERE kind = 'view'
+    GROUP BY page, minute$$, 'views_per_minute', partitions => 2, batch_size => 250) > 0 AS started;
+SELECT stp_start_job('clicks_per_hour', $$
+    SELECT date_trunc('hour', ts) AS hour, count(*) AS clicks
+    FROM events WHERE kind = 'click' AND bytes % 2 = 0
+    GROUP BY 1$$, 'clicks_per_hour', batch_size => 300) > 0 AS started;
+SELECT stp_wait('views_per_minute', '30 s'), stp_wait('clicks_per_hour', '30 s');
+
+SELECT * FROM stp_test_types('views_per_minute');
+SELECT count(*) AS windows FROM views_per_minute;
+SELECT * FROM views_per_minute ORDER BY minute, page LIMIT 4;
+SELECT * FROM clicks_per_hour ORDER BY hour;
+SELECT stp_test_diff('views_per_minute', 'page, minute, views, bytes, biggest',
+    $$SELECT page, date_bin('1 minute', ts, 'epoch'), count(*), sum(bytes), max(bytes)
+      FROM events WHERE kind = 'view' GROUP BY 1, 2$$);
+SELECT stp_test_diff('clicks_per_hour', 'hour, clicks',
+    $$SELECT date_trunc('hour', ts), count(*) FROM events
+      WHERE kind = 'click' AND bytes % 2 = 0 GROUP BY 1$$);
+
+-- The worker uses the creating session's time zone for stable functions.
+SET timezone = 'America/New_York';
+SELECT stp_start_job('clicks_per_day_ny', $$
+    SELECT date_trunc('day', ts) AS day, count(*) AS clicks FROM events GROUP BY 1$$,
+    'clicks_per_day_ny') > 0 AS started;
+SELECT stp_wait('clicks_per_day_ny', '30 s');
+SELECT stp_test_diff('clicks_per_day_ny', 'day, clicks',
+    $$SELECT date_trunc('day', ts), count(*) FROM events GROUP BY 1$$);
+RESET timezone;
+
+SELECT stp_drop_job('views_per_minute', true);
+SELECT stp_drop_job('clicks_per_hour', true);
+SELECT stp_drop_job('clicks_per_day_ny', true);
+DROP TABLE events;
