@@ -58,6 +58,7 @@ typedef struct StpWorker
 	StpWorkerArgs args;
 	StpJobDef  *def;
 	StpSlot    *slot;
+	SPIPlanPtr	lock_plan;
 	SPIPlanPtr	batch_plan;
 	SPIPlanPtr	progress_plan;
 	int64		offset;			/* committed progress */
@@ -67,12 +68,23 @@ typedef struct StpWorker
 
 static StpWorker worker;
 
+/*
+ * A batch first locks its partition's progress row, fenced on the offset
+ * it read, before it touches the result table.  A second worker for the
+ * same partition, or a stop or drop in progress, then waits here holding
+ * nothing that the other side needs, so neither can deadlock and no batch
+ * commits twice.
+ */
+#define LOCK_SQL \
+	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id = p.job_id " \
+	"WHERE p.job_id = $1 AND p.partition = $2 AND p.processed_upto = $3 " \
+	"AND j.state = 'running' FOR UPDATE OF p"
+
 #define PROGRESS_SQL \
-	"UPDATE stp.partitions p SET processed_upto = $3, " \
-	"rows_processed = p.rows_processed + $4, last_batch_at = pg_catalog.now(), " \
+	"UPDATE stp.partitions SET processed_upto = $3, " \
+	"rows_processed = rows_processed + $4, last_batch_at = pg_catalog.now(), " \
 	"last_error = NULL, error_count = 0 " \
-	"FROM stp.jobs j WHERE p.job_id = $1 AND p.partition = $2 " \
-	"AND p.processed_upto = $5 AND j.job_id = p.job_id AND j.state = 'running'"
+	"WHERE job_id = $1 AND partition = $2"
 
 /*
  * Register a dynamic background worker for one partition.  Returns false
@@ -182,7 +194,7 @@ worker_setup(void)
 {
 	char	   *state;
 	StpJobDef  *def;
-	Oid			types[5] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID};
+	Oid			types[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
 	Oid			batch_types[2] = {INT8OID, INT8OID};
 	StpRights	save;
 	char	   *sql;
@@ -226,6 +238,7 @@ worker_setup(void)
 
 	if (ok)
 	{
+		SPIPlanPtr	lock_plan;
 		SPIPlanPtr	batch_plan;
 		SPIPlanPtr	progress_plan;
 
@@ -237,12 +250,15 @@ worker_setup(void)
 		if (batch_plan == NULL)
 			elog(ERROR, "could not prepare the batch statement: %s",
 				 SPI_result_code_string(SPI_result));
-		progress_plan = SPI_prepare(PROGRESS_SQL, 5, types);
-		if (progress_plan == NULL)
-			elog(ERROR, "could not prepare the progress statement: %s",
+		lock_plan = SPI_prepare(LOCK_SQL, 3, types);
+		progress_plan = SPI_prepare(PROGRESS_SQL, 4, types);
+		if (lock_plan == NULL || progress_plan == NULL)
+			elog(ERROR, "could not prepare the progress statements: %s",
 				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(lock_plan);
 		SPI_keepplan(batch_plan);
 		SPI_keepplan(progress_plan);
+		worker.lock_plan = lock_plan;
 		worker.batch_plan = batch_plan;
 		worker.progress_plan = progress_plan;
 		worker.def = def;
@@ -284,11 +300,13 @@ worker_step(bool *stop)
 {
 	int64		hi;
 	int64		rows = 0;
-	Datum		values[5];
+	TimestampTz started;
+	Datum		values[4];
 	StpRights	save;
 	bool		isnull;
 	int			ret;
 
+	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -323,6 +341,32 @@ worker_step(bool *stop)
 
 	/* Taken after the wait, so that it sees every settled writer. */
 	PushActiveSnapshot(GetTransactionSnapshot());
+
+	values[0] = Int32GetDatum(worker.args.job_id);
+	values[1] = Int32GetDatum(worker.args.partition);
+	values[2] = Int64GetDatum(worker.offset);
+	stp_catalog_rights_begin(&save);
+	ret = SPI_execute_plan(worker.lock_plan, values, NULL, false, 0);
+	stp_catalog_rights_end(&save);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the partition's progress: %s", SPI_result_code_string(ret));
+	if (SPI_processed != 1)
+	{
+		if (!job_still_running())
+		{
+			/* Stopped or dropped: leave without a batch. */
+			PopActiveSnapshot();
+			SPI_finish();
+			AbortCurrentTransaction();
+			*stop = true;
+			return false;
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("progress of job %d partition %d moved under its worker",
+						worker.args.job_id, worker.args.partition)));
+	}
+
 	pgstat_report_activity(STATE_RUNNING, "stp: batch");
 	values[0] = Int64GetDatum(worker.offset);
 	values[1] = Int64GetDatum(hi);
@@ -336,34 +380,21 @@ worker_step(bool *stop)
 	values[1] = Int32GetDatum(worker.args.partition);
 	values[2] = Int64GetDatum(hi);
 	values[3] = Int64GetDatum(rows);
-	values[4] = Int64GetDatum(worker.offset);
 	stp_catalog_rights_begin(&save);
 	ret = SPI_execute_plan(worker.progress_plan, values, NULL, false, 0);
 	stp_catalog_rights_end(&save);
-	if (ret != SPI_OK_UPDATE)
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 		elog(ERROR, "progress update failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed != 1)
-	{
-		if (!job_still_running())
-		{
-			/* Stopped or dropped: the batch must not commit. */
-			PopActiveSnapshot();
-			SPI_finish();
-			AbortCurrentTransaction();
-			*stop = true;
-			return false;
-		}
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("progress of job %d partition %d moved under its worker",
-						worker.args.job_id, worker.args.partition)));
-	}
 
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
+	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
+		 INT64_FORMAT " rows in %ld ms",
+		 worker.args.job_id, worker.args.partition, worker.offset, hi, rows,
+		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
 	worker.offset = hi;
 	worker.rows_processed += rows;
 	return true;
