@@ -14,9 +14,12 @@
  * Never skipping a row: order-column values come from a CACHE 1 sequence,
  * but transactions commit out of order.  Before reading up to the
  * sequence's last value L, the worker waits for every transaction that
- * holds a write lock on the source at that moment.  A writer takes its
- * lock before it draws an id, so every transaction that drew an id <= L
- * has then committed or aborted.  New writers are never blocked.
+ * holds a lock on the sequence or a write lock on the source at that
+ * moment.  nextval() locks the sequence until its transaction ends, and it
+ * does so before it draws an id, so every transaction that drew an id <= L
+ * has then committed or aborted, whether its INSERT used the column's
+ * default or an id it drew earlier with nextval().  New writers are never
+ * blocked.
  *
  *-------------------------------------------------------------------------
  */
@@ -161,12 +164,13 @@ claim_slot(void)
 }
 
 /*
- * Wait until every transaction that holds a write lock on the source now
- * has ended.  VACUUM's lock conflicts with ours too, but VACUUM never
- * inserts rows, so it is not waited for.
+ * Wait until every transaction that now holds a lock on relid that
+ * conflicts with ShareLock has ended: for the source, its writers; for the
+ * sequence, every transaction that drew a value from it.  VACUUM's lock
+ * conflicts too, but VACUUM never inserts rows, so it is not waited for.
  */
 static void
-wait_for_writers(Oid relid)
+wait_for_lockers(Oid relid)
 {
 	LOCKTAG		tag;
 	VirtualTransactionId *vxids;
@@ -320,7 +324,8 @@ worker_step(bool *stop)
 		last = stp_sequence_last_value(worker.def->sequence, &is_called);
 		if (is_called && last > worker.safe_upto)
 		{
-			wait_for_writers(worker.def->source);
+			wait_for_lockers(worker.def->sequence);
+			wait_for_lockers(worker.def->source);
 			worker.safe_upto = last;
 		}
 	}
