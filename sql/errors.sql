@@ -171,3 +171,8 @@ DROP VIEW src_view;
 DROP MATERIALIZED VIEW src_mv;
 DROP TABLE src, src2, src_temp, src_rls, src_part, src_noid, src_twoseq, src_cached, src_cycle,
            src_down, r_type, r_cols, r_noindex, r_full, "odd ""name"";";
+
+-- stp.sequence_last_value shows only the sequences of jobs.
+CREATE SEQUENCE not_a_job_seq;
+SELECT stp.sequence_last_value('not_a_job_seq');
+DROP SEQUENCE not_a_job_seq;

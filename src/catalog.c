@@ -16,17 +16,20 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "storage/bufmgr.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -113,25 +116,43 @@ stp_qualified_relname(Oid relid)
 
 /*
  * The last value handed out by a sequence.  *is_called is false if it has
- * handed out none.  Reading it needs no rights on the sequence.
+ * handed out none.
+ *
+ * nextval() and pg_sequence_last_value() lock the sequence with
+ * RowExclusiveLock until their transaction ends, and workers wait for
+ * those lockers before they read up to the last value.  So the value is
+ * read here from the sequence's single tuple under AccessShareLock, which
+ * no worker waits for, and which needs no rights on the sequence.
  */
 int64
 stp_sequence_last_value(Oid seqoid, bool *is_called)
 {
-	LOCAL_FCINFO(fcinfo, 1);
-	StpRights	save;
-	Datum		result;
+	Relation	rel;
+	Buffer		buf;
+	Page		page;
+	ItemId		lp;
+	HeapTupleHeader tup;
+	Form_pg_sequence_data seq;
+	int64		last;
 
-	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = ObjectIdGetDatum(seqoid);
-	fcinfo->args[0].isnull = false;
+	rel = relation_open(seqoid, AccessShareLock);
+	if (rel->rd_rel->relkind != RELKIND_SEQUENCE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a sequence", RelationGetRelationName(rel))));
+	buf = ReadBuffer(rel, 0);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	lp = PageGetItemId(page, FirstOffsetNumber);
+	Assert(ItemIdIsNormal(lp));
+	tup = (HeapTupleHeader) PageGetItem(page, lp);
+	seq = (Form_pg_sequence_data) ((char *) tup + tup->t_hoff);
+	last = seq->last_value;
+	*is_called = seq->is_called;
+	UnlockReleaseBuffer(buf);
+	relation_close(rel, AccessShareLock);
 
-	stp_catalog_rights_begin(&save);
-	result = pg_sequence_last_value(fcinfo);
-	stp_catalog_rights_end(&save);
-
-	*is_called = !fcinfo->isnull;
-	return fcinfo->isnull ? 0 : DatumGetInt64(result);
+	return *is_called ? last : 0;
 }
 
 static List *

@@ -8,6 +8,8 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -70,13 +72,31 @@ stp_worker_slots(PG_FUNCTION_ARGS)
 
 /*
  * stp.sequence_last_value(seq) is the last value the sequence handed out,
- * or NULL if none.  Anyone may read it, for rows_behind.
+ * or NULL if none.  Anyone may read it for a job's sequence, for the
+ * rows_behind of stp.job_status; other sequences are not stp's to show.
  */
 Datum
 stp_sequence_last_value_sql(PG_FUNCTION_ARGS)
 {
+	Oid			seqoid = PG_GETARG_OID(0);
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(seqoid)};
 	bool		is_called;
-	int64		last = stp_sequence_last_value(PG_GETARG_OID(0), &is_called);
+	bool		is_job_sequence;
+	int64		last;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT 1 FROM stp.jobs WHERE sequence OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read stp.jobs");
+	is_job_sequence = SPI_processed > 0;
+	SPI_finish();
+	if (!is_job_sequence)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("relation with OID %u is not the sequence of an stp job", seqoid)));
+
+	last = stp_sequence_last_value(seqoid, &is_called);
 
 	if (!is_called)
 		PG_RETURN_NULL();
