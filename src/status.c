@@ -14,6 +14,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
 
 #include "stp.h"
@@ -94,7 +95,8 @@ stp_sequence_last_value_sql(PG_FUNCTION_ARGS)
 	if (!is_job_sequence)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("relation with OID %u is not the sequence of an stp job", seqoid)));
+				 errmsg("\"%s\" is not the sequence of an stp job",
+						get_rel_name(seqoid) ? get_rel_name(seqoid) : "?")));
 
 	last = stp_sequence_last_value(seqoid, &is_called);
 
