@@ -30,6 +30,8 @@ StpShared  *stp_shared = NULL;
 /* Work to do when the current transaction commits. */
 static bool kick_launcher_at_commit = false;
 static bool stop_db_workers_at_commit = false;
+static int32 jobs_to_stop[STP_MAX_SLOTS];
+static int	njobs_to_stop = 0;
 
 void
 stp_shmem_request(void)
@@ -265,6 +267,20 @@ stp_stop_db_workers_at_commit(void)
 }
 
 /*
+ * Signal one job's workers when the transaction commits; if too many jobs
+ * are listed, all of the database's workers are signalled, and the
+ * launcher restarts those that should run.
+ */
+void
+stp_stop_job_workers_at_commit(int32 job_id)
+{
+	if (njobs_to_stop < STP_MAX_SLOTS)
+		jobs_to_stop[njobs_to_stop++] = job_id;
+	else
+		stop_db_workers_at_commit = true;
+}
+
+/*
  * Act on what the transaction asked for, once it has committed: the
  * launcher must only look for new or resumed jobs when they are visible.
  */
@@ -279,13 +295,17 @@ stp_xact_callback(XactEvent event, void *arg)
 				stp_request_scan(MyDatabaseId);
 			if (stp_shared && stop_db_workers_at_commit)
 				stp_signal_job_workers(MyDatabaseId, -1, SIGTERM);
+			for (int i = 0; stp_shared && i < njobs_to_stop; i++)
+				stp_signal_job_workers(MyDatabaseId, jobs_to_stop[i], SIGTERM);
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
+			njobs_to_stop = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
+			njobs_to_stop = 0;
 			break;
 		default:
 			break;

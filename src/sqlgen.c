@@ -80,12 +80,12 @@ append_joined(StringInfo buf, List *items)
 }
 
 /*
- * Build the batch statement of one partition.  $1 and $2 bound the
- * order-column range (exclusive, inclusive).  The text assumes a
- * search_path of pg_catalog only.
+ * Append the SELECT that aggregates one partition's groups of a batch.
+ * Its columns are k0.. for the keys, a0.. for the aggregates, s<i> and
+ * n<i> for avg's state, and _rows, the number of source rows.
  */
-char *
-stp_batch_sql(StpJobDef *def, int32 partition)
+static void
+append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 {
 	StringInfoData buf;
 	ListCell   *lc,
@@ -96,9 +96,7 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	const char *ord = quote_identifier(def->order_column);
 
 	initStringInfo(&buf);
-
-	/* The partition's groups of this batch. */
-	appendStringInfoString(&buf, "WITH a AS (SELECT ");
+	appendStringInfoString(&buf, "SELECT ");
 	i = 0;
 	foreach(lc, def->key_exprs)
 		appendStringInfo(&buf, "%s AS k%d, ", (char *) lfirst(lc), i++);
@@ -148,6 +146,44 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	appendStringInfoString(&buf, " GROUP BY ");
 	for (i = 0; i < nkeys; i++)
 		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
+	appendStringInfoString(out, buf.data);
+	pfree(buf.data);
+}
+
+/*
+ * A statement with the batch aggregation's columns and no rows, for
+ * checking the types the job's expressions produce now.
+ */
+char *
+stp_probe_sql(StpJobDef *def)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "SELECT * FROM (");
+	append_aggregation(&buf, def, 0);
+	appendStringInfoString(&buf, ") p LIMIT 0");
+	return buf.data;
+}
+
+/*
+ * Build the batch statement of one partition.  $1 and $2 bound the
+ * order-column range (exclusive, inclusive).  The text assumes a
+ * search_path of pg_catalog only.
+ */
+char *
+stp_batch_sql(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+	ListCell   *lc,
+			   *lc2;
+	int			i;
+
+	initStringInfo(&buf);
+
+	/* The partition's groups of this batch. */
+	appendStringInfoString(&buf, "WITH a AS (");
+	append_aggregation(&buf, def, partition);
 
 	/* Merge them into the result table. */
 	appendStringInfo(&buf, "), m AS (INSERT INTO %s AS r (",

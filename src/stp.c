@@ -14,11 +14,18 @@
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
+#include "tcop/utility.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 #include "stp.h"
 
@@ -30,6 +37,7 @@ int			stp_max_retries = 5;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 void		_PG_init(void);
 
@@ -76,6 +84,72 @@ stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		stp_database_dropping(objectId);
 }
 
+/*
+ * TRUNCATE of a job's source or result table would leave the result table
+ * silently wrong, so the jobs that read or write the table fail, with the
+ * reason, in the truncating transaction.  Their workers leave at commit.
+ */
+static void
+fail_jobs_of_truncated(TruncateStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (!IsTransactionState() || !OidIsValid(get_extension_oid("stp", true)))
+		return;
+
+	SPI_connect();
+	foreach(lc, stmt->relations)
+	{
+		Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+		Oid			types[2] = {OIDOID, TEXTOID};
+		Datum		values[2];
+		StpRights	save;
+		int			ret;
+
+		if (!OidIsValid(relid))
+			continue;
+		values[0] = ObjectIdGetDatum(relid);
+		values[1] = CStringGetTextDatum(psprintf("table %s was truncated; the result table no longer matches the job's query",
+												 get_rel_name(relid)));
+		stp_catalog_rights_begin(&save);
+		ret = SPI_execute_with_args("UPDATE stp.partitions p SET failed = true, last_error = $2 "
+									"FROM stp.jobs j WHERE j.job_id = p.job_id "
+									"AND (j.source OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+									"OR j.result_table OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) "
+									"RETURNING p.job_id",
+									2, types, values, NULL, false, 0);
+		stp_catalog_rights_end(&save);
+		if (ret != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not mark the jobs of truncated table %u failed", relid);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			stp_stop_job_workers_at_commit(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+																	   SPI_tuptable->tupdesc,
+																	   1, &isnull)));
+		}
+	}
+	SPI_finish();
+}
+
+static void
+stp_process_utility(PlannedStmt *pstmt, const char *queryString,
+					bool readOnlyTree, ProcessUtilityContext context,
+					ParamListInfo params, QueryEnvironment *queryEnv,
+					DestReceiver *dest, QueryCompletion *qc)
+{
+	if (IsA(pstmt->utilityStmt, TruncateStmt) && stp_shared != NULL)
+		fail_jobs_of_truncated((TruncateStmt *) pstmt->utilityStmt);
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
 void
 _PG_init(void)
 {
@@ -111,6 +185,8 @@ _PG_init(void)
 	shmem_startup_hook = stp_shmem_startup_hook;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = stp_object_access;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = stp_process_utility;
 
 	stp_xact_callback_init();
 	stp_register_launcher();

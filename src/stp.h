@@ -89,6 +89,7 @@ extern void stp_forget_job(Oid dboid, int32 job_id);
 extern void stp_database_dropping(Oid dboid);
 extern void stp_kick_launcher_at_commit(void);
 extern void stp_stop_db_workers_at_commit(void);
+extern void stp_stop_job_workers_at_commit(int32 job_id);
 extern void stp_xact_callback_init(void);
 
 /* launcher.c */
@@ -139,6 +140,7 @@ typedef struct StpJobDef
 
 /* sqlgen.c */
 extern char *stp_batch_sql(StpJobDef *def, int32 partition);
+extern char *stp_probe_sql(StpJobDef *def);
 extern char *stp_agg_kind_name(StpAggKind kind);
 extern StpAggKind stp_agg_kind_from_name(const char *name);
 extern char *stp_avg_sum_column(const char *name);

@@ -38,7 +38,12 @@
 #include "storage/proc.h"
 #include "storage/sinvaladt.h"
 #include "tcop/tcopprot.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -64,6 +69,7 @@ typedef struct StpWorker
 	SPIPlanPtr	lock_plan;
 	SPIPlanPtr	batch_plan;
 	SPIPlanPtr	progress_plan;
+	bool		recheck;		/* source or result table may have changed */
 	int64		offset;			/* committed progress */
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
@@ -81,7 +87,7 @@ static StpWorker worker;
 #define LOCK_SQL \
 	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id = p.job_id " \
 	"WHERE p.job_id = $1 AND p.partition = $2 AND p.processed_upto = $3 " \
-	"AND j.state = 'running' FOR UPDATE OF p"
+	"AND j.state = 'running' AND NOT p.failed FOR UPDATE OF p"
 
 #define PROGRESS_SQL \
 	"UPDATE stp.partitions SET processed_upto = $3, " \
@@ -190,6 +196,100 @@ wait_for_lockers(Oid relid)
 }
 
 /*
+ * Any change to the source or the result table (ALTER TABLE, GRANT,
+ * row-level security, ...) makes the worker check them again before its
+ * next batch.
+ */
+static void
+relation_changed(Datum arg, Oid relid)
+{
+	if (worker.def == NULL || relid == InvalidOid ||
+		relid == worker.def->source || relid == worker.def->result)
+		worker.recheck = true;
+}
+
+static void
+check_result_column(const char *name, Oid type)
+{
+	AttrNumber	attnum = get_attnum(worker.def->result, name);
+	Oid			atttype;
+
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("result table %s has no column \"%s\" any more",
+						stp_qualified_relname(worker.def->result), name)));
+	atttype = get_atttype(worker.def->result, attnum);
+	if (atttype != type)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of result table %s has type %s, but the job's query now produces %s",
+						name, stp_qualified_relname(worker.def->result),
+						format_type_be(atttype), format_type_be(type)),
+				 errdetail("The source or the result table was altered after the job was created.")));
+}
+
+/*
+ * Check that the job's expressions still produce the result table's
+ * column types, and that the source has no row-level security, so that a
+ * changed table fails the job instead of being merged wrongly (an
+ * assignment cast would round a numeric into a bigint without a word).
+ */
+static void
+check_job_relations(void)
+{
+	StpJobDef  *def = worker.def;
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
+	TupleDesc	desc;
+	ListCell   *lc,
+			   *lc2;
+	int			col = 0;
+	HeapTuple	tup;
+	bool		rls;
+
+	worker.recheck = false;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(def->source));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the source table of job \"%s\" was dropped", def->job_name)));
+	rls = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity;
+	ReleaseSysCache(tup);
+	if (rls)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source %s has row-level security enabled",
+						stp_qualified_relname(def->source)),
+				 errdetail("A job aggregates every row of its source, so it cannot honour row-level policies.")));
+	if (get_rel_name(def->result) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the result table of job \"%s\" was dropped", def->job_name)));
+
+	if (SPI_execute_with_args(stp_probe_sql(def), 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the job's column types");
+	desc = SPI_tuptable->tupdesc;
+	foreach(lc, def->key_names)
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++)->atttypid);
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++)->atttypid);
+		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		{
+			check_result_column(stp_avg_sum_column(lfirst(lc)),
+								TupleDescAttr(desc, col++)->atttypid);
+			check_result_column(stp_avg_count_column(lfirst(lc)),
+								TupleDescAttr(desc, col++)->atttypid);
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
  * Load the job and prepare the worker's statements.  Returns false if the
  * job no longer exists or should not run.
  */
@@ -289,7 +389,8 @@ job_still_running(void)
 
 	stp_catalog_rights_begin(&save);
 	ret = SPI_execute_with_args("SELECT 1 FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-								"WHERE j.job_id = $1 AND p.partition = $2 AND j.state = 'running'",
+								"WHERE j.job_id = $1 AND p.partition = $2 AND j.state = 'running' "
+								"AND NOT p.failed",
 								2, argtypes, args, NULL, false, 1);
 	stp_catalog_rights_end(&save);
 	return ret == SPI_OK_SELECT && SPI_processed == 1;
@@ -381,6 +482,14 @@ worker_step(bool *stop)
 	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1, &isnull));
 
+	/*
+	 * The batch holds its locks on both tables until it commits, so no
+	 * ALTER TABLE can commit between the batch and this check: the check
+	 * sees the catalog state that the batch's plan was made with.
+	 */
+	if (worker.recheck)
+		check_job_relations();
+
 	values[0] = Int32GetDatum(worker.args.job_id);
 	values[1] = Int32GetDatum(worker.args.partition);
 	values[2] = Int64GetDatum(hi);
@@ -434,6 +543,29 @@ record_error(const char *message, bool failed)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+}
+
+/*
+ * Errors that retrying cannot cure: the job's tables were dropped or
+ * altered, rights were revoked, or the data cannot be aggregated (an
+ * overflow).  The partition fails at once, with the reason, and
+ * stp_resume_job retries it once the cause is fixed.  Everything else
+ * (deadlocks, serialization failures, lack of resources, a cancelled
+ * statement) is retried with backoff.
+ */
+static bool
+error_is_permanent(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
+		case ERRCODE_FEATURE_NOT_SUPPORTED:
+		case ERRCODE_DATA_EXCEPTION:
+		case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
+			return true;
+		default:
+			return false;
+	}
 }
 
 /*
@@ -504,6 +636,8 @@ stp_worker_main(Datum main_arg)
 
 	batch_ctx = AllocSetContextCreate(TopMemoryContext, "stp batch",
 									  ALLOCSET_DEFAULT_SIZES);
+	worker.recheck = true;
+	CacheRegisterRelcacheCallback(relation_changed, (Datum) 0);
 
 	for (;;)
 	{
@@ -545,6 +679,8 @@ stp_worker_main(Datum main_arg)
 			RESUME_INTERRUPTS();
 
 			failures++;
+			if (error_is_permanent(edata->sqlerrcode))
+				failures = stp_max_retries + 1;
 			message = edata->detail ?
 				psprintf("%s (%s)", edata->message, edata->detail) :
 				pstrdup(edata->message);
