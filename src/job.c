@@ -657,7 +657,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	stp_forget_job(MyDatabaseId, job_id);
-	stp_kick_launcher_at_commit();
+	stp_start_job_at_commit(job_id, GetUserId(), def.partitions);
 	PG_RETURN_INT32(job_id);
 }
 
@@ -704,6 +704,7 @@ stp_resume_job(PG_FUNCTION_ARGS)
 {
 	char	   *job_name;
 	StpJobRef  *job;
+	int32		partitions;
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
@@ -717,10 +718,11 @@ stp_resume_job(PG_FUNCTION_ARGS)
 				 1, types, values, false);
 	catalog_exec("UPDATE stp.partitions SET failed = false, error_count = 0, last_error = NULL "
 				 "WHERE job_id = $1", 1, types, values, false);
+	partitions = (int32) SPI_processed;
 	SPI_finish();
 
 	stp_forget_job(MyDatabaseId, job->job_id);
-	stp_kick_launcher_at_commit();
+	stp_start_job_at_commit(job->job_id, job->owner, partitions);
 	PG_RETURN_VOID();
 }
 

@@ -290,6 +290,26 @@ unclaim_start(Oid dboid, int32 job_id, int32 partition)
 }
 
 /*
+ * Start the worker of one partition unless it runs, is starting, or is
+ * backing off.  Returns false only when no background worker slot was
+ * free, so that the caller can say why the partition waits.
+ */
+bool
+stp_start_partition(Oid dboid, Oid owner, int32 job_id, int32 partition)
+{
+	if (!claim_start(dboid, job_id, partition))
+		return true;
+	if (stp_register_worker(dboid, owner, job_id, partition))
+		return true;
+	unclaim_start(dboid, job_id, partition);
+	ereport(LOG,
+			(errmsg("stp could not start a worker for job %d partition %d: no free background worker slot",
+					job_id, partition),
+			 errhint("Raise max_worker_processes.")));
+	return false;
+}
+
+/*
  * The starter: start the missing partition workers of one database.
  */
 void
@@ -336,17 +356,8 @@ stp_starter_main(Datum main_arg)
 		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		int32		partition = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 
-		if (!claim_start(dboid, job_id, partition))
-			continue;
-		if (!stp_register_worker(dboid, owner, job_id, partition))
-		{
-			unclaim_start(dboid, job_id, partition);
+		if (!stp_start_partition(dboid, owner, job_id, partition))
 			waiting = lappend_int(lappend_int(waiting, job_id), partition);
-			ereport(LOG,
-					(errmsg("stp could not start a worker for job %d partition %d: no free background worker slot",
-							job_id, partition),
-					 errhint("Raise max_worker_processes.")));
-		}
 	}
 
 	/* Say why these partitions wait, where stp.job_status shows it. */

@@ -33,6 +33,16 @@ static bool stop_db_workers_at_commit = false;
 static int32 jobs_to_stop[STP_MAX_SLOTS];
 static int	njobs_to_stop = 0;
 
+/* Jobs whose workers start when the transaction commits. */
+typedef struct StpPendingStart
+{
+	int32		job_id;
+	Oid			owner;
+	int32		partitions;
+} StpPendingStart;
+static StpPendingStart jobs_to_start[STP_MAX_SLOTS];
+static int	njobs_to_start = 0;
+
 void
 stp_shmem_request(void)
 {
@@ -254,9 +264,21 @@ stp_forget_job(Oid dboid, int32 job_id)
 	LWLockRelease(stp_shared->lock);
 }
 
+/*
+ * Start a job's workers right after the transaction commits, without
+ * waiting for the launcher.  What cannot start then (no free slot) is left
+ * to the launcher, which also says why the partition waits.
+ */
 void
-stp_kick_launcher_at_commit(void)
+stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions)
 {
+	if (njobs_to_start < STP_MAX_SLOTS)
+	{
+		jobs_to_start[njobs_to_start].job_id = job_id;
+		jobs_to_start[njobs_to_start].owner = owner;
+		jobs_to_start[njobs_to_start].partitions = partitions;
+		njobs_to_start++;
+	}
 	kick_launcher_at_commit = true;
 }
 
@@ -291,6 +313,14 @@ stp_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			for (int i = 0; stp_shared && i < njobs_to_start; i++)
+			{
+				StpPendingStart *job = &jobs_to_start[i];
+
+				for (int p = 0; p < job->partitions; p++)
+					(void) stp_start_partition(MyDatabaseId, job->owner,
+											   job->job_id, p);
+			}
 			if (stp_shared && kick_launcher_at_commit)
 				stp_request_scan(MyDatabaseId);
 			if (stp_shared && stop_db_workers_at_commit)
@@ -300,12 +330,14 @@ stp_xact_callback(XactEvent event, void *arg)
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;
+			njobs_to_start = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;
+			njobs_to_start = 0;
 			break;
 		default:
 			break;

@@ -87,7 +87,7 @@ extern void stp_wait_job_workers_exit(Oid dboid, int32 job_id, int timeout_ms);
 extern void stp_wake_job_workers(Oid dboid, int32 job_id);
 extern void stp_forget_job(Oid dboid, int32 job_id);
 extern void stp_database_dropping(Oid dboid);
-extern void stp_kick_launcher_at_commit(void);
+extern void stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions);
 extern void stp_stop_db_workers_at_commit(void);
 extern void stp_stop_job_workers_at_commit(int32 job_id);
 extern void stp_xact_callback_init(void);
@@ -96,6 +96,8 @@ extern void stp_xact_callback_init(void);
 extern void stp_register_launcher(void);
 extern PGDLLEXPORT void stp_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void stp_starter_main(Datum main_arg);
+extern bool stp_start_partition(Oid dboid, Oid owner, int32 job_id,
+								int32 partition);
 
 /* worker.c */
 extern PGDLLEXPORT void stp_worker_main(Datum main_arg);
