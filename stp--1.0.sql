@@ -72,7 +72,7 @@ CREATE FUNCTION stp_start_job(job_name text,
                               partitions int DEFAULT 1,
                               order_column text DEFAULT NULL,
                               start_from text DEFAULT 'beginning',
-                              batch_size int DEFAULT 50000,
+                              batch_size int DEFAULT 1000000,
                               poll_interval interval DEFAULT '50 ms')
 RETURNS int
 AS 'MODULE_PATHNAME', 'stp_start_job'

@@ -122,7 +122,7 @@ class DrainBench:
         so no snapshot is held across the drain and the result table's old
         row versions can be pruned while the job runs."""
         deadline = time.monotonic() + q1(
-            conn, "SELECT extract(epoch FROM %s::interval)",
+            conn, "SELECT extract(epoch FROM %s::interval)::float8",
             (self.wait_timeout,))
         while time.monotonic() < deadline:
             if q1(conn, "SELECT stp_wait(%s, '1 s')", (job,)):
@@ -135,7 +135,7 @@ class DrainBench:
         stp_wait() call, this holds no snapshot while the job runs."""
         hi = q1(conn, "SELECT max(id) FROM %s" % w.table)
         limit = time.monotonic() + float(q1(
-            conn, "SELECT extract(epoch FROM %s::interval)",
+            conn, "SELECT extract(epoch FROM %s::interval)::float8",
             (self.wait_timeout,)))
         while time.monotonic() < limit:
             done, failed = q(conn, "SELECT bool_and(processed_upto >= %s), "

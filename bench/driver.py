@@ -35,7 +35,7 @@ def parse_args():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rows", type=int)
     p.add_argument("--runs", type=int)
-    p.add_argument("--batch-size", type=int, default=50000)
+    p.add_argument("--batch-size", type=int, default=1000000)
     p.add_argument("--sections", default="drain,writer,freshness")
     p.add_argument("--workloads", default="w1,w2,w3")
     p.add_argument("--partitions")
