@@ -55,6 +55,17 @@ RETURNS int
 AS 'MODULE_PATHNAME', 'stp_partition_of'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
+CREATE FUNCTION stp.in_partition_support(internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'stp_in_partition_support'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION stp.in_partition(partition int, nparts int, VARIADIC keys "any")
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stp_in_partition'
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+SUPPORT stp.in_partition_support;
+
 CREATE FUNCTION stp.worker_slots(OUT job_id int, OUT partition int,
                                  OUT pid int, OUT state text)
 RETURNS SETOF record

@@ -20,6 +20,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "nodes/nodeFuncs.h"
+#include "nodes/supportnodes.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/typcache.h"
@@ -30,6 +31,8 @@
 #include "stp.h"
 
 PG_FUNCTION_INFO_V1(stp_partition_of);
+PG_FUNCTION_INFO_V1(stp_in_partition);
+PG_FUNCTION_INFO_V1(stp_in_partition_support);
 
 typedef enum StpHashMethod
 {
@@ -100,10 +103,10 @@ stp_type_routable(Oid typid, Oid collid)
 }
 
 static StpRouteCache *
-build_route_cache(FunctionCallInfo fcinfo)
+build_route_cache(FunctionCallInfo fcinfo, int first_key)
 {
 	FuncExpr   *fexpr = (FuncExpr *) fcinfo->flinfo->fn_expr;
-	int			nkeys = PG_NARGS() - 1;
+	int			nkeys = PG_NARGS() - first_key;
 	StpRouteCache *cache;
 	MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 
@@ -118,7 +121,7 @@ build_route_cache(FunctionCallInfo fcinfo)
 
 	for (int i = 0; i < nkeys; i++)
 	{
-		Node	   *arg = list_nth(fexpr->args, i + 1);
+		Node	   *arg = list_nth(fexpr->args, i + first_key);
 		Oid			typid = exprType(arg);
 		Oid			collid = exprCollation(arg);
 		StpKeyHasher *k = &cache->keys[i];
@@ -150,26 +153,24 @@ build_route_cache(FunctionCallInfo fcinfo)
 }
 
 /*
- * stp.partition_of(nparts, VARIADIC "any") returns the partition, in
- * [0, nparts), that owns the group with these key values.
+ * The partition, in [0, nparts), that owns the group whose key values are
+ * the function's arguments from first_key on.
  */
-Datum
-stp_partition_of(PG_FUNCTION_ARGS)
+static int32
+route(FunctionCallInfo fcinfo, int first_key, int32 nparts)
 {
 	StpRouteCache *cache = (StpRouteCache *) fcinfo->flinfo->fn_extra;
 	StringInfo	buf;
-	int32		nparts;
 	uint64		h;
 
-	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) < 1)
+	if (nparts < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("number of partitions must be positive")));
-	nparts = PG_GETARG_INT32(0);
 
 	if (cache == NULL)
 	{
-		cache = build_route_cache(fcinfo);
+		cache = build_route_cache(fcinfo, first_key);
 		fcinfo->flinfo->fn_extra = cache;
 	}
 	buf = &cache->buf;
@@ -178,10 +179,10 @@ stp_partition_of(PG_FUNCTION_ARGS)
 	for (int i = 0; i < cache->nkeys; i++)
 	{
 		StpKeyHasher *k = &cache->keys[i];
-		Datum		value = PG_GETARG_DATUM(i + 1);
+		Datum		value = PG_GETARG_DATUM(i + first_key);
 		char		tag;
 
-		if (PG_ARGISNULL(i + 1))
+		if (PG_ARGISNULL(i + first_key))
 		{
 			tag = 'N';
 			appendBinaryStringInfo(buf, &tag, 1);
@@ -222,5 +223,58 @@ stp_partition_of(PG_FUNCTION_ARGS)
 	}
 
 	h = XXH3_64bits(buf->data, buf->len);
-	PG_RETURN_INT32((int32) (h % (uint64) nparts));
+	return (int32) (h % (uint64) nparts);
+}
+
+/*
+ * stp.partition_of(nparts, VARIADIC "any") returns the partition, in
+ * [0, nparts), that owns the group with these key values.
+ */
+Datum
+stp_partition_of(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("number of partitions must not be null")));
+	PG_RETURN_INT32(route(fcinfo, 1, PG_GETARG_INT32(0)));
+}
+
+/*
+ * stp.in_partition(partition, nparts, VARIADIC "any") is the batch
+ * statement's filter: does this partition own the group?
+ */
+Datum
+stp_in_partition(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition and number of partitions must not be null")));
+	PG_RETURN_BOOL(route(fcinfo, 2, PG_GETARG_INT32(1)) == PG_GETARG_INT32(0));
+}
+
+/*
+ * Planner support for stp.in_partition: it keeps 1/nparts of the rows.
+ * Without it the planner takes the filter to keep 0.5% of them, and picks
+ * a sort-based aggregation for what is really a large share of the batch.
+ */
+Datum
+stp_in_partition_support(PG_FUNCTION_ARGS)
+{
+	Node	   *rawreq = (Node *) PG_GETARG_POINTER(0);
+
+	if (IsA(rawreq, SupportRequestSelectivity))
+	{
+		SupportRequestSelectivity *req = (SupportRequestSelectivity *) rawreq;
+		Node	   *nparts = list_length(req->args) > 1 ? lsecond(req->args) : NULL;
+
+		if (nparts && IsA(nparts, Const) && !((Const *) nparts)->constisnull &&
+			DatumGetInt32(((Const *) nparts)->constvalue) > 0)
+		{
+			req->selectivity = 1.0 / DatumGetInt32(((Const *) nparts)->constvalue);
+			PG_RETURN_POINTER(req);
+		}
+	}
+	PG_RETURN_POINTER(NULL);
 }

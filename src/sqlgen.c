@@ -138,10 +138,10 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		appendStringInfo(&buf, " AND (%s)", def->where_clause);
 	if (def->partitions > 1)
 	{
-		appendStringInfo(&buf, " AND stp.partition_of(%d", def->partitions);
+		appendStringInfo(&buf, " AND stp.in_partition(%d, %d", partition, def->partitions);
 		foreach(lc, def->key_exprs)
 			appendStringInfo(&buf, ", %s", (char *) lfirst(lc));
-		appendStringInfo(&buf, ") = %d", partition);
+		appendStringInfoChar(&buf, ')');
 	}
 	appendStringInfoString(&buf, " GROUP BY ");
 	for (i = 0; i < nkeys; i++)
