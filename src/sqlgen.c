@@ -52,6 +52,24 @@ stp_agg_kind_from_name(const char *name)
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
+/*
+ * The position of the job's first count(*) aggregate, or -1.  Its column
+ * counts the batch's source rows, so no separate count is needed.
+ */
+static int
+count_star_position(StpJobDef *def)
+{
+	ListCell   *lc,
+			   *lc2;
+
+	forboth(lc, def->agg_kinds, lc2, def->agg_args)
+	{
+		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT && lfirst(lc2) == NULL)
+			return foreach_current_index(lc);
+	}
+	return -1;
+}
+
 static bool
 is_avg(StpAggKind kind)
 {
@@ -82,7 +100,8 @@ append_joined(StringInfo buf, List *items)
 /*
  * Append the SELECT that aggregates one partition's groups of a batch.
  * Its columns are k0.. for the keys, a0.. for the aggregates, s<i> and
- * n<i> for avg's state, and _rows, the number of source rows.
+ * n<i> for avg's state, and _rows, the number of source rows, unless the
+ * job has a count(*) that counts them already.
  */
 static void
 append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
@@ -120,19 +139,34 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 			case STP_AGG_MAX:
 				appendStringInfo(&buf, "pg_catalog.max(%s)", arg);
 				break;
+
+				/*
+				 * avg is computed from its sum and count, exactly as avg's
+				 * own final function does.  Identical aggregate calls are
+				 * computed once, so this costs one transition per row less
+				 * than avg() next to sum() and count().
+				 */
 			case STP_AGG_AVG_NUMERIC:
-				appendStringInfo(&buf, "pg_catalog.avg(%s) AS a%d, pg_catalog.sum(%s) AS s%d, pg_catalog.count(%s)",
-								 arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
+								 "(pg_catalog.sum(%s))::pg_catalog.numeric / (pg_catalog.count(%s))::pg_catalog.numeric END AS a%d, "
+								 "pg_catalog.sum(%s) AS s%d, pg_catalog.count(%s)",
+								 arg, arg, arg, i, arg, i, arg);
 				break;
 			case STP_AGG_AVG_FLOAT:
-				appendStringInfo(&buf, "pg_catalog.avg(%s) AS a%d, pg_catalog.sum((%s)::pg_catalog.float8) AS s%d, pg_catalog.count(%s)",
-								 arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
+								 "pg_catalog.sum((%s)::pg_catalog.float8) / (pg_catalog.count(%s))::pg_catalog.float8 END AS a%d, "
+								 "pg_catalog.sum((%s)::pg_catalog.float8) AS s%d, pg_catalog.count(%s)",
+								 arg, arg, arg, i, arg, i, arg);
 				break;
 		}
 		appendStringInfo(&buf, " AS %c%d, ", is_avg(kind) ? 'n' : 'a', i);
 		i++;
 	}
-	appendStringInfo(&buf, "pg_catalog.count(*) AS _rows FROM %s WHERE %s > $1 AND %s <= $2",
+	if (count_star_position(def) < 0)
+		appendStringInfoString(&buf, "pg_catalog.count(*) AS _rows, ");
+	buf.len -= 2;				/* the last ", " */
+	buf.data[buf.len] = '\0';
+	appendStringInfo(&buf, " FROM %s WHERE %s > $1 AND %s <= $2",
 					 stp_qualified_relname(def->source), ord, ord);
 	if (def->where_clause)
 		appendStringInfo(&buf, " AND (%s)", def->where_clause);
@@ -273,6 +307,10 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 		}
 		appendStringInfoString(&buf, lnext(def->agg_names, lc) ? ", " : "");
 	}
-	appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8 FROM a");
+	if (count_star_position(def) >= 0)
+		appendStringInfo(&buf, ") SELECT COALESCE(pg_catalog.sum(a%d), 0)::pg_catalog.int8 FROM a",
+						 count_star_position(def));
+	else
+		appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8 FROM a");
 	return buf.data;
 }

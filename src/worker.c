@@ -349,8 +349,7 @@ worker_setup(void)
 		sql = stp_batch_sql(def, worker.args.partition);
 		elog(DEBUG1, "stp job %d partition %d batch: %s",
 			 worker.args.job_id, worker.args.partition, sql);
-		batch_plan = SPI_prepare_cursor(sql, 2, batch_types,
-										CURSOR_OPT_CUSTOM_PLAN);
+		batch_plan = SPI_prepare(sql, 2, batch_types);
 		if (batch_plan == NULL)
 			elog(ERROR, "could not prepare the batch statement: %s",
 				 SPI_result_code_string(SPI_result));
