@@ -77,6 +77,7 @@ SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) + 
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, 1 + 1, count(*) AS n FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS _stp_n FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS k FROM src GROUP BY k', 'r')$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, avg(v) AS ' || repeat('a', 53) || ' FROM src GROUP BY k', 'r')$q$);
 
 -- Sources that are not an append-only table with an order column
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM no_such_table GROUP BY k', 'r')$q$);

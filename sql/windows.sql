@@ -43,3 +43,31 @@ SELECT stp_drop_job('views_per_minute', true);
 SELECT stp_drop_job('clicks_per_hour', true);
 SELECT stp_drop_job('clicks_per_day_ny', true);
 DROP TABLE events;
+
+-- Constants in a job's query mean the same in its workers, whatever the
+-- creating session's DateStyle, IntervalStyle and extra_float_digits.
+CREATE TABLE styled (id bigserial, ts timestamptz, f float8);
+INSERT INTO styled (ts, f) VALUES ('2024-01-02 10:30+00', 0.30000000000000004),
+    ('2024-01-02 10:30+00', 0.3), ('2024-02-01 23:30+00', 0.3);
+BEGIN;
+SET LOCAL DateStyle = 'SQL, DMY';
+SET LOCAL IntervalStyle = 'sql_standard';
+SET LOCAL extra_float_digits = 0;
+SET LOCAL TimeZone = 'UTC';
+SELECT stp_start_job('styled_dates', $$SELECT ts::date AS d, count(*) AS n FROM styled
+                     WHERE ts < '2024-01-05 00:00+00' GROUP BY d$$, 'styled_dates') > 0 AS started;
+SELECT stp_start_job('styled_intervals', $$SELECT date_trunc('hour', ts + '-1 day -2 hours'::interval) AS h,
+                     count(*) AS n FROM styled GROUP BY h$$, 'styled_intervals') > 0 AS started;
+SELECT stp_start_job('styled_floats', $$SELECT f, count(*) AS n FROM styled
+                     WHERE f < '0.30000000000000004'::float8 GROUP BY f$$, 'styled_floats') > 0 AS started;
+COMMIT;
+SET TimeZone = 'UTC';
+SELECT stp_wait('styled_dates', '30 s'), stp_wait('styled_intervals', '30 s'), stp_wait('styled_floats', '30 s');
+SELECT * FROM styled_dates ORDER BY d;
+SELECT * FROM styled_intervals ORDER BY h;
+SELECT * FROM styled_floats ORDER BY f;
+SELECT stp_drop_job('styled_dates', true);
+SELECT stp_drop_job('styled_intervals', true);
+SELECT stp_drop_job('styled_floats', true);
+DROP TABLE styled;
+RESET timezone;

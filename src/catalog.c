@@ -86,13 +86,26 @@ stp_catalog_rights_end(StpRights *save)
 }
 
 /*
- * Set search_path to pg_catalog for the current GUC nest level, so that
- * generated SQL and deparsed expressions resolve only built-in names.
+ * Pin, for the current GUC nest level, the settings that generated SQL and
+ * deparsed expressions depend on: a search_path of pg_catalog, so that
+ * every other name is written out qualified, and the output styles of
+ * constants, so that a date, an interval or a float in a job's query reads
+ * back in a worker as the same value, whatever the creating session's
+ * DateStyle or extra_float_digits.  Workers run with the same settings.
  */
 void
-stp_pin_search_path(void)
+stp_pin_settings(void)
 {
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("datestyle", STP_DATESTYLE,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", STP_INTERVALSTYLE,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "3",
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 }

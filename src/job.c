@@ -547,7 +547,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	result_relid = RangeVarGetRelid(rv, NoLock, true);
 
 	save_nestlevel = NewGUCNestLevel();
-	stp_pin_search_path();
+	stp_pin_settings();
 
 	start_offset = find_order_column(&def, order_column);
 	if (strcmp(start_from, "now") == 0)
@@ -574,7 +574,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 		AtEOXact_GUC(true, save_nestlevel);
 		nspid = RangeVarGetCreationNamespace(rv);
 		save_nestlevel = NewGUCNestLevel();
-		stp_pin_search_path();
+		stp_pin_settings();
 		result_relid = create_result_table(nspid, rv->relname, columns, nkeys);
 	}
 	def.result = result_relid;
@@ -749,7 +749,7 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	{
 		int			save_nestlevel = NewGUCNestLevel();
 
-		stp_pin_search_path();
+		stp_pin_settings();
 		if (SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(job->result)),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not drop the result table");

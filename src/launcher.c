@@ -103,6 +103,8 @@ database_list(void)
  * Start a starter worker in a database.  Returns false if no background
  * worker slot is free, so that the scan is tried again later.
  */
+static void retry_scan_later(Oid dboid);
+
 static bool
 start_starter(Oid dboid)
 {
@@ -183,9 +185,52 @@ launcher_round(bool full)
 					(errmsg("stp launcher could not start a worker to scan database %u",
 							lfirst_oid(lc)),
 					 errhint("Raise max_worker_processes.")));
-			stp_request_scan(lfirst_oid(lc));
+			retry_scan_later(lfirst_oid(lc));
 		}
 	}
+}
+
+/*
+ * Scan a database again in the next round, without waking the launcher
+ * now: with no free worker slot, trying again at once would only spin.
+ */
+static void
+retry_scan_later(Oid dboid)
+{
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < STP_MAX_DATABASES; i++)
+	{
+		if (stp_shared->dbs[i].dboid == dboid)
+			stp_shared->dbs[i].scan_requested = true;
+	}
+	LWLockRelease(stp_shared->lock);
+}
+
+/*
+ * Start the partitions that found no free worker slot last time.  The
+ * registry knows their database, job and owner, so no starter (which
+ * would need a slot of its own) is involved.
+ */
+static void
+start_waiting_partitions(void)
+{
+	StpSlot    *waiting = palloc(sizeof(StpSlot) * STP_MAX_SLOTS);
+	int			n = 0;
+
+	LWLockAcquire(stp_shared->lock, LW_SHARED);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->pid == 0 && slot->no_worker_slot)
+			waiting[n++] = *slot;
+	}
+	LWLockRelease(stp_shared->lock);
+
+	for (int i = 0; i < n; i++)
+		(void) stp_start_partition(waiting[i].dboid, waiting[i].owner,
+								   waiting[i].job_id, waiting[i].partition);
+	pfree(waiting);
 }
 
 void
@@ -217,6 +262,7 @@ stp_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		start_waiting_partitions();
 		launcher_round(full);
 		if (full)
 			last_full = now;
@@ -244,7 +290,7 @@ set_has_stp(Oid dboid, bool has_stp)
  * starting if so.
  */
 static bool
-claim_start(Oid dboid, int32 job_id, int32 partition)
+claim_start(Oid dboid, Oid owner, int32 job_id, int32 partition)
 {
 	StpSlot    *slot;
 	TimestampTz now = GetCurrentTimestamp();
@@ -266,6 +312,7 @@ claim_start(Oid dboid, int32 job_id, int32 partition)
 	else
 	{
 		slot->pid = -1;
+		slot->owner = owner;
 		slot->last_start = now;
 		slot->restarts++;
 		ok = true;
@@ -285,6 +332,7 @@ unclaim_start(Oid dboid, int32 job_id, int32 partition)
 	{
 		slot->pid = 0;
 		slot->restarts--;
+		slot->no_worker_slot = true;
 	}
 	LWLockRelease(stp_shared->lock);
 }
@@ -292,12 +340,13 @@ unclaim_start(Oid dboid, int32 job_id, int32 partition)
 /*
  * Start the worker of one partition unless it runs, is starting, or is
  * backing off.  Returns false only when no background worker slot was
- * free, so that the caller can say why the partition waits.
+ * free; the registry then remembers that the partition waits for one, for
+ * stp.job_status and for the launcher's next round.
  */
 bool
 stp_start_partition(Oid dboid, Oid owner, int32 job_id, int32 partition)
 {
-	if (!claim_start(dboid, job_id, partition))
+	if (!claim_start(dboid, owner, job_id, partition))
 		return true;
 	if (stp_register_worker(dboid, owner, job_id, partition))
 		return true;
@@ -317,7 +366,6 @@ stp_starter_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	int			ret;
-	List	   *waiting = NIL;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -356,22 +404,7 @@ stp_starter_main(Datum main_arg)
 		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		int32		partition = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 
-		if (!stp_start_partition(dboid, owner, job_id, partition))
-			waiting = lappend_int(lappend_int(waiting, job_id), partition);
-	}
-
-	/* Say why these partitions wait, where stp.job_status shows it. */
-	for (int i = 0; i < list_length(waiting); i += 2)
-	{
-		Oid			argtypes[2] = {INT4OID, INT4OID};
-		Datum		args[2];
-
-		args[0] = Int32GetDatum(list_nth_int(waiting, i));
-		args[1] = Int32GetDatum(list_nth_int(waiting, i + 1));
-		(void) SPI_execute_with_args("UPDATE stp.partitions SET last_error = "
-									 "'waiting for a free background worker slot; raise max_worker_processes' "
-									 "WHERE job_id = $1 AND partition = $2 AND last_error IS NULL",
-									 2, argtypes, args, NULL, false, 0);
+		(void) stp_start_partition(dboid, owner, job_id, partition);
 	}
 
 	PopActiveSnapshot();

@@ -336,7 +336,7 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 	/* Deparse with a search_path that makes every name fully qualified. */
 	save_nestlevel = NewGUCNestLevel();
-	stp_pin_search_path();
+	stp_pin_settings();
 	dpcontext = deparse_context_for(get_rel_name(rte->relid), rte->relid);
 
 	def->key_names = def->key_exprs = NIL;
@@ -401,6 +401,14 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 				arg = deparse_expression(argexpr, dpcontext, false, false);
 				if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
 				{
+					if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
+						ereport(ERROR,
+								(errcode(ERRCODE_NAME_TOO_LONG),
+								 errmsg("name of avg column \"%s\" is too long", name),
+								 errdetail("stp keeps avg's state in columns named \"_stp_<name>_sum\" and \"_stp_<name>_count\", which must fit in %d bytes.",
+										   NAMEDATALEN - 1),
+								 errhint("Give the avg column a name of at most %d bytes.",
+										 (int) (NAMEDATALEN - 1 - strlen("_stp__count")))));
 					state = lappend(state,
 									make_column(stp_avg_sum_column(name),
 												avg_sum_type(kind, exprType(argexpr)),

@@ -41,7 +41,8 @@ state_name(StpWorkerState state)
 
 /*
  * stp.worker_slots() lists the partitions of this database that have a
- * worker running or starting.
+ * worker running or starting, or that wait for a free worker slot, with
+ * the reason.
  */
 Datum
 stp_worker_slots(PG_FUNCTION_ARGS)
@@ -53,10 +54,11 @@ stp_worker_slots(PG_FUNCTION_ARGS)
 	for (int i = 0; i < STP_MAX_SLOTS; i++)
 	{
 		StpSlot    *slot = &stp_shared->slots[i];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, true};
 
-		if (!slot->in_use || slot->dboid != MyDatabaseId || slot->pid == 0)
+		if (!slot->in_use || slot->dboid != MyDatabaseId ||
+			(slot->pid == 0 && !slot->no_worker_slot))
 			continue;
 		values[0] = Int32GetDatum(slot->job_id);
 		values[1] = Int32GetDatum(slot->partition);
@@ -64,7 +66,16 @@ stp_worker_slots(PG_FUNCTION_ARGS)
 			values[2] = Int32GetDatum(slot->pid);
 		else
 			nulls[2] = true;
-		values[3] = CStringGetTextDatum(slot->pid > 0 ? state_name(slot->state) : "starting");
+		if (slot->pid > 0)
+			values[3] = CStringGetTextDatum(state_name(slot->state));
+		else if (slot->pid < 0)
+			values[3] = CStringGetTextDatum("starting");
+		else
+		{
+			values[3] = CStringGetTextDatum("waiting");
+			values[4] = CStringGetTextDatum("waiting for a free background worker slot; raise max_worker_processes");
+			nulls[4] = false;
+		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(stp_shared->lock);

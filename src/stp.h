@@ -18,6 +18,10 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 
+/* How stored expressions write and read dates and intervals. */
+#define STP_DATESTYLE			"ISO, YMD"
+#define STP_INTERVALSTYLE		"postgres"
+
 /* Upper bound on partitions per job. */
 #define STP_MAX_PARTITIONS		64
 
@@ -49,6 +53,8 @@ typedef struct StpSlot
 	pid_t		pid;
 	Latch	   *latch;
 	StpWorkerState state;
+	Oid			owner;			/* the role the worker connects as */
+	bool		no_worker_slot; /* last start found no free bgworker slot */
 	int			restarts;		/* starts since the last successful batch */
 	TimestampTz last_start;
 } StpSlot;
@@ -173,7 +179,7 @@ extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
 extern void stp_catalog_rights_begin(StpRights *save);
 extern void stp_catalog_rights_end(StpRights *save);
 extern int64 stp_sequence_last_value(Oid seqoid, bool *is_called);
-extern void stp_pin_search_path(void);
+extern void stp_pin_settings(void);
 extern char *stp_qualified_relname(Oid relid);
 
 /* partition.c */

@@ -162,6 +162,7 @@ claim_slot(void)
 		slot->pid = MyProcPid;
 		slot->latch = MyLatch;
 		slot->state = STP_WS_STARTING;
+		slot->no_worker_slot = false;
 		worker.slot = slot;
 		ok = true;
 	}
@@ -620,6 +621,8 @@ stp_worker_main(Datum main_arg)
 
 	/* Fixed settings: pinned names, read-committed snapshots per statement. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("datestyle", STP_DATESTYLE, PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("intervalstyle", STP_INTERVALSTYLE, PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
