@@ -67,7 +67,7 @@ LANGUAGE C IMMUTABLE PARALLEL SAFE
 SUPPORT stp.in_partition_support;
 
 CREATE FUNCTION stp.worker_slots(OUT job_id int, OUT partition int,
-                                 OUT pid int, OUT state text)
+                                 OUT pid int, OUT state text, OUT note text)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'stp_worker_slots'
 LANGUAGE C VOLATILE;
@@ -123,7 +123,7 @@ SELECT j.job_name,
        GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
                 - p.processed_upto, 0) AS rows_behind,
        p.last_batch_at,
-       p.last_error
+       COALESCE(p.last_error, w.note) AS last_error
 FROM stp.jobs j
 JOIN stp.partitions p ON p.job_id = j.job_id
 LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
