@@ -321,20 +321,28 @@ claim_start(Oid dboid, Oid owner, int32 job_id, int32 partition)
 	return ok;
 }
 
-static void
+/*
+ * Undo claim_start after the worker could not be registered, and remember
+ * that the partition waits for a slot.  Returns whether it was already
+ * known to wait.
+ */
+static bool
 unclaim_start(Oid dboid, int32 job_id, int32 partition)
 {
 	StpSlot    *slot;
+	bool		was_waiting = false;
 
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 	slot = stp_slot_find(dboid, job_id, partition);
 	if (slot && slot->pid == -1)
 	{
+		was_waiting = slot->no_worker_slot;
 		slot->pid = 0;
 		slot->restarts--;
 		slot->no_worker_slot = true;
 	}
 	LWLockRelease(stp_shared->lock);
+	return was_waiting;
 }
 
 /*
@@ -350,11 +358,11 @@ stp_start_partition(Oid dboid, Oid owner, int32 job_id, int32 partition)
 		return true;
 	if (stp_register_worker(dboid, owner, job_id, partition))
 		return true;
-	unclaim_start(dboid, job_id, partition);
-	ereport(LOG,
-			(errmsg("stp could not start a worker for job %d partition %d: no free background worker slot",
-					job_id, partition),
-			 errhint("Raise max_worker_processes.")));
+	if (!unclaim_start(dboid, job_id, partition))
+		ereport(LOG,
+				(errmsg("stp could not start a worker for job %d partition %d: no free background worker slot",
+						job_id, partition),
+				 errhint("Raise max_worker_processes.")));
 	return false;
 }
 
