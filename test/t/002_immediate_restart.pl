@@ -21,7 +21,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
-use POSIX ();
+use FindBin;
+use lib $FindBin::Bin;
+use StpTest;
 
 my $soak = ($ENV{STP_SOAK} // '') eq '1';
 
@@ -30,57 +32,20 @@ my $live_restarts = $soak ? 8 : 2;
 my $writers = 2;
 my $rows_per_tx = 20;
 
-my $node = PostgreSQL::Test::Cluster->new('immediate_restart');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'stp'
-max_worker_processes = 24
-stp.launcher_naptime = 500
-log_statement = none
-});
-$node->start;
-
-$node->safe_psql('postgres', 'CREATE EXTENSION stp');
+my $node = StpTest::new_node('immediate_restart');
 
 # The source, as in 001: NULL-able keys and values; w and s tag each writer
 # transaction.
-$node->safe_psql(
-	'postgres', q{
-CREATE TABLE events (
-	id bigserial PRIMARY KEY,
-	k int,
-	tag text,
-	v int,
-	n numeric,
-	w int NOT NULL,
-	s int NOT NULL
-);
-CREATE INDEX ON events (w, s);
-});
+StpTest::create_events($node);
 
-sub insert_sql
-{
-	my ($w, $s, $rows) = @_;
-	return qq{
-INSERT INTO events (k, tag, v, n, w, s)
-SELECT CASE WHEN random() < 0.1 THEN NULL ELSE (random() * 20000)::int END,
-       (ARRAY['a', 'b', 'c', NULL])[1 + floor(random() * 4)::int],
-       CASE WHEN random() < 0.2 THEN NULL ELSE (random() * 2e9 - 1e9)::int END,
-       CASE WHEN random() < 0.1 THEN NULL ELSE round((random() * 1000 - 500)::numeric, 2) END,
-       $w, $s
-FROM generate_series(1, $rows)};
-}
-
-$node->safe_psql('postgres', insert_sql(0, 1, $backlog_rows));
+$node->safe_psql('postgres', StpTest::insert_sql(0, 1, $backlog_rows));
 
 # Job j: three partitions over many groups.  Job j2: two partitions over
 # few groups, so that its upserts keep updating the same rows.
-my $query = q{SELECT k, tag, count(*) AS cnt, count(v) AS cnt_v, sum(v) AS s,
-       sum(n) AS sn, min(v) AS mn, max(n) AS mx, avg(v) AS a
-FROM events GROUP BY k, tag};
-my $query2 = q{SELECT tag, count(*) AS cnt, sum(n) AS sn, avg(n) AS an, min(n) AS mn
-FROM events GROUP BY tag};
+my $def = StpTest::jobdef('wide');
+my $def2 = StpTest::jobdef('narrow');
+my $query = $def->{query};
+my $query2 = $def2->{query};
 
 $node->safe_psql('postgres',
 	"SELECT stp_start_job('j', \$\$$query\$\$, 'r', partitions => 3, batch_size => 1000)");
@@ -90,11 +55,7 @@ my $workers_total = 3;
 sub wait_for_workers
 {
 	my ($label) = @_;
-	ok( $node->poll_query_until(
-			'postgres',
-			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stp worker'",
-			$workers_total),
-		"$label: $workers_total partition workers run");
+	StpTest::wait_for_workers($node, $label, $workers_total);
 }
 
 my $restarts_done = 0;
@@ -110,63 +71,12 @@ sub immediate_restart
 	wait_for_workers($label);
 }
 
-# Writers in forked processes, one psql per transaction (see 001): "ok"
-# means committed, "maybe" is resolved at the end.
-my $stopfile = $PostgreSQL::Test::Utils::tmp_check . "/002_stop_writers";
-unlink $stopfile;
-my $connstr = $node->connstr('postgres');
-my $parent_pid = $$;
-my @writer_pids;
-my @writer_logs;
-
-END
-{
-	if ($$ == $parent_pid)
-	{
-		kill 'TERM', @writer_pids if @writer_pids;
-		waitpid($_, 0) for @writer_pids;
-	}
-}
-
-sub start_writers
-{
-	for my $w (1 .. $writers)
-	{
-		my $log = $PostgreSQL::Test::Utils::tmp_check . "/002_writer_$w.log";
-		unlink $log;
-		push @writer_logs, $log;
-		my $pid = fork();
-		die "fork failed: $!" unless defined $pid;
-		if ($pid == 0)
-		{
-			eval {
-				open my $out, '>', $log or die;
-				$out->autoflush(1);
-				open STDOUT, '>', '/dev/null';
-				open STDERR, '>', '/dev/null';
-				my $s = 0;
-				while (!-e $stopfile && getppid() == $parent_pid)
-				{
-					$s++;
-					my $rc = system('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
-						'-d', $connstr, '-c', insert_sql($w, $s, $rows_per_tx));
-					if ($rc == 0)
-					{
-						print $out "ok $w $s\n";
-					}
-					else
-					{
-						print $out "maybe $w $s\n";
-						usleep(50_000);
-					}
-				}
-				close $out;
-			};
-			POSIX::_exit($@ ? 1 : 0);
-		}
-		push @writer_pids, $pid;
-	}
-}
+# Writers in forked processes, one psql per transaction (see StpTest):
+# "ok" means committed, "maybe" is resolved at the end.
+StpTest::setup_writers($node,
+	prefix => '002',
+	writers => $writers,
+	rows_per_tx => $rows_per_tx);
 
 # 1. Immediate shutdown during the backfill of the backlog.
 wait_for_workers('start');
@@ -195,7 +105,7 @@ immediate_restart('restart after creating j2');
 
 # 3. Immediate shutdowns while writers insert.  Before each one, both jobs
 # catch up, so that the workers follow the writers live.
-start_writers();
+StpTest::start_writers();
 for my $i (1 .. $live_restarts)
 {
 	$node->poll_query_until('postgres',
@@ -226,104 +136,29 @@ $open->quit;    # its connection died with the server
 $inserted_extra = 1;
 
 usleep(1_000_000);
-open my $fh, '>', $stopfile or die;
-close $fh;
-for my $pid (@writer_pids)
-{
-	waitpid($pid, 0);
-	is($? >> 8, 0, "writer process $pid exited cleanly");
-}
-@writer_pids = ();
+StpTest::stop_writers();
 
 # Resolve what was inserted.
-my (@ok, @maybe);
-for my $log (@writer_logs)
-{
-	open my $in, '<', $log or die "cannot read $log: $!";
-	while (my $line = <$in>)
-	{
-		if ($line =~ /^ok (\d+) (\d+)$/) { push @ok, "($1,$2)"; }
-		elsif ($line =~ /^maybe (\d+) (\d+)$/) { push @maybe, "($1,$2)"; }
-	}
-	close $in;
-}
-note scalar(@ok) . " confirmed writer transactions, "
-  . scalar(@maybe) . " unconfirmed";
-cmp_ok(scalar(@ok), '>', 0, 'writers committed transactions');
-
-$node->safe_psql('postgres',
-	'CREATE TABLE writer_tx (w int, s int, confirmed bool, PRIMARY KEY (w, s))');
-$node->safe_psql('postgres',
-	'INSERT INTO writer_tx SELECT w, s, true FROM (VALUES ' . join(',', @ok) . ') x(w, s)');
-$node->safe_psql('postgres',
-	'INSERT INTO writer_tx SELECT w, s, false FROM (VALUES ' . join(',', @maybe) . ') x(w, s)')
-  if @maybe;
-
-is( $node->safe_psql(
-		'postgres',
-		'SELECT count(*) FROM events e JOIN writer_tx t USING (w, s) WHERE t.confirmed'),
-	scalar(@ok) * $rows_per_tx,
-	'every confirmed writer transaction is in the source');
-is( $node->safe_psql(
-		'postgres', qq{SELECT count(*) FROM (
-		SELECT w, s, count(*) FROM events WHERE w > 0 GROUP BY w, s
-		HAVING count(*) <> $rows_per_tx) x}),
-	'0',
-	'every writer transaction in the source is whole');
-my $maybe_committed = $node->safe_psql('postgres',
-	'SELECT count(DISTINCT (w, s)) FROM events e JOIN writer_tx t USING (w, s) WHERE NOT t.confirmed'
-);
-my $inserted =
-  $backlog_rows + (scalar(@ok) + $maybe_committed) * $rows_per_tx + $inserted_extra;
-note "$maybe_committed unconfirmed transactions committed; $inserted rows inserted";
-is($node->safe_psql('postgres', 'SELECT count(*) FROM events'),
-	$inserted, 'the source holds exactly the rows inserted');
+my $inserted = StpTest::tally(undef, $backlog_rows, $inserted_extra);
 
 # Both jobs catch up and equal their batch queries.
 sub check_job
 {
 	my ($job, $result, $q, $cols, $types) = @_;
-
-	is($node->safe_psql('postgres', "SELECT stp_wait('$job', '120 s')"),
-		't', "$job: stp_wait returns true after the restarts");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT count(*) FROM stp.job_status WHERE job_name = '$job' AND state IN ('failed', 'stopped')"
-		),
-		'0',
-		"$job: no partition failed");
-
-	my $batch = "SELECT $cols FROM ($q) b";
-	my $res = "SELECT $cols FROM $result";
-	is($node->safe_psql('postgres', "SELECT count(*) FROM ($res EXCEPT ALL $batch) x"),
-		'0', "$job: no result row is missing from the batch query");
-	is($node->safe_psql('postgres', "SELECT count(*) FROM ($batch EXCEPT ALL $res) x"),
-		'0', "$job: no batch query row is missing from the result");
-	is( $node->safe_psql('postgres', "SELECT count(*) FROM $result"),
-		$node->safe_psql('postgres', "SELECT count(*) FROM ($q) b"),
-		"$job: result and batch query have the same number of groups");
-	is($node->safe_psql('postgres', "SELECT sum(cnt) FROM $result"),
-		$inserted, "$job: the result counts every inserted row exactly once");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT sum(rows_processed) FROM stp.job_status WHERE job_name = '$job'"),
-		$inserted,
-		"$job: the partitions processed every row exactly once");
-	is( $node->safe_psql(
-			'postgres', qq{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
-			FROM pg_attribute WHERE attrelid = '$result'::regclass AND attnum > 0
-			AND NOT attisdropped AND attname NOT LIKE '\\_stp\\_%'}),
-		$types,
-		"$job: result columns have the batch query's names and types");
+	StpTest::check_job(
+		$node,
+		job => $job,
+		result => $result,
+		query => $q,
+		cols => $cols,
+		types => $types,
+		inserted => $inserted,
+		prefix => "$job: ",
+		wait_msg => 'stp_wait returns true after the restarts');
 }
 
-check_job('j', 'r', $query,
-	'k::text, tag, cnt::text, cnt_v::text, s::text, sn::text, mn::text, mx::text, a::text',
-	'k integer, tag text, cnt bigint, cnt_v bigint, s bigint, sn numeric, mn integer, mx numeric, a numeric'
-);
-check_job('j2', 'r2', $query2,
-	'tag, cnt::text, sn::text, an::text, mn::text',
-	'tag text, cnt bigint, sn numeric, an numeric, mn numeric');
+check_job('j', 'r', $query, $def->{cols}, $def->{types});
+check_job('j2', 'r2', $query2, $def2->{cols}, $def2->{types});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM r2 WHERE tag IS NULL'),
 	'1', 'j2: the NULL group is one row');
 is( $node->safe_psql(

@@ -18,18 +18,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::Bin;
+use StpTest;
 
-my $node = PostgreSQL::Test::Cluster->new('out_of_order');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'stp'
-max_worker_processes = 24
-stp.launcher_naptime = 500
-max_prepared_transactions = 5
-log_statement = none
-});
-$node->start;
+my $node =
+  StpTest::new_node('out_of_order', extra => 'max_prepared_transactions = 5');
 
 $node->safe_psql(
 	'postgres', q{
@@ -68,11 +62,11 @@ sub result_equals_batch
 	$result //= 'r';
 	$q //= $query;
 	$c //= $cols;
-	my $batch = "SELECT $c FROM ($q) b";
-	my $res = "SELECT $c FROM $result";
+	my ($missing_in_batch, $missing_in_result) =
+	  StpTest::result_vs_batch_sql($result, $q, $c);
 	is( $node->safe_psql(
-			$db, "SELECT (SELECT count(*) FROM ($res EXCEPT ALL $batch) x) || ' ' ||
-			(SELECT count(*) FROM ($batch EXCEPT ALL $res) y) || ' ' ||
+			$db, "SELECT ($missing_in_batch) || ' ' ||
+			($missing_in_result) || ' ' ||
 			(SELECT count(*) FROM $result) - (SELECT count(*) FROM ($q) z)"),
 		'0 0 0',
 		"$label: result equals the batch query");

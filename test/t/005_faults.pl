@@ -30,7 +30,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
-use POSIX ();
+use FindBin;
+use lib $FindBin::Bin;
+use StpTest;
 
 # Sizes of the run: small, so that the whole file stays short on 2 cores.
 my $backlog_rows = 100_000;
@@ -44,82 +46,21 @@ my $max_worker_processes = 24;
 # while it runs, and two partition workers; the jobs have six partitions.
 my $too_few_worker_processes = 5;
 
-my $node = PostgreSQL::Test::Cluster->new('faults');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'stp'
-max_worker_processes = $max_worker_processes
-stp.launcher_naptime = 500
-restart_after_crash = on
-log_statement = none
-});
-$node->start;
-
-$node->safe_psql('postgres', 'CREATE EXTENSION stp');
+my $node = StpTest::new_node(
+	'faults',
+	max_worker_processes => $max_worker_processes,
+	extra => 'restart_after_crash = on');
 
 # The source, as in 001: NULL-able group keys and values; w and s tag each
 # writer transaction, so that the rows of a transaction whose commit its
 # writer could not confirm can be found afterwards.
-$node->safe_psql(
-	'postgres', q{
-CREATE TABLE events (
-	id bigserial PRIMARY KEY,
-	k int,
-	tag text,
-	v int,
-	n numeric,
-	w int NOT NULL,
-	s int NOT NULL
-);
-CREATE INDEX ON events (w, s);
-});
-
-sub insert_sql
-{
-	my ($w, $s, $rows) = @_;
-	return qq{
-INSERT INTO events (k, tag, v, n, w, s)
-SELECT CASE WHEN random() < 0.1 THEN NULL ELSE (random() * 20000)::int END,
-       (ARRAY['a', 'b', 'c', NULL])[1 + floor(random() * 4)::int],
-       CASE WHEN random() < 0.2 THEN NULL ELSE (random() * 2e9 - 1e9)::int END,
-       CASE WHEN random() < 0.1 THEN NULL ELSE round((random() * 1000 - 500)::numeric, 2) END,
-       $w, $s
-FROM generate_series(1, $rows)};
-}
+StpTest::create_events($node);
 
 # The backlog (writer 0).
-$node->safe_psql('postgres', insert_sql(0, 1, $backlog_rows));
+$node->safe_psql('postgres', StpTest::insert_sql(0, 1, $backlog_rows));
 
-# The jobs' queries, their columns in text form and their result types.
-my %jobdef = (
-	# many groups, NULL keys, every aggregate
-	wide => {
-		query => q{SELECT k, tag, count(*) AS cnt, count(v) AS cnt_v, sum(v) AS s,
-       sum(n) AS sn, min(v) AS mn, max(n) AS mx, avg(v) AS a
-FROM events GROUP BY k, tag},
-		cols =>
-		  'k::text, tag, cnt::text, cnt_v::text, s::text, sn::text, mn::text, mx::text, a::text',
-		types =>
-		  'k integer, tag text, cnt bigint, cnt_v bigint, s bigint, sn numeric, mn integer, mx numeric, a numeric',
-		batch_size => 1000,
-	},
-	# few groups, updated by every batch
-	narrow => {
-		query => q{SELECT tag, count(*) AS cnt, sum(n) AS sn, avg(n) AS an, min(n) AS mn
-FROM events GROUP BY tag},
-		cols => 'tag, cnt::text, sn::text, an::text, mn::text',
-		types => 'tag text, cnt bigint, sn numeric, an numeric, mn numeric',
-		batch_size => 5000,
-	},
-	# one group per writer transaction, with a WHERE clause
-	bytx => {
-		query => q{SELECT w, s, count(*) AS cnt, sum(v) AS sv, max(k) AS mk
-FROM events WHERE id % 3 <> 1 OR k IS NULL GROUP BY w, s},
-		cols => 'w::text, s::text, cnt::text, sv::text, mk::text',
-		types => 'w integer, s integer, cnt bigint, sv bigint, mk integer',
-		batch_size => 2000,
-	},);
+# The jobs' queries, their columns in text form and their result types are
+# StpTest::jobdef's: wide, narrow and bytx.
 
 # job name => [definition, result table, partitions]
 my %jobs;
@@ -127,150 +68,29 @@ my %jobs;
 sub start_job
 {
 	my ($name, $def, $partitions) = @_;
-	my $d = $jobdef{$def};
+	my $d = StpTest::jobdef($def);
 	$node->safe_psql('postgres',
 		"SELECT stp_start_job('$name', \$\$$d->{query}\$\$, 'r_$name', partitions => $partitions, batch_size => $d->{batch_size})"
 	);
 	$jobs{$name} = [ $def, "r_$name", $partitions ];
 }
 
-# Writers are forked processes that run one psql per transaction, so that
-# they survive the crashes: a psql that exits 0 has committed its
-# transaction; any other outcome is "maybe" and is resolved at the end.
+# Writers are forked processes, one psql per transaction (see StpTest).
 # Every writer has its own number, across all the writer runs of the file.
-my $stopfile = $PostgreSQL::Test::Utils::tmp_check . "/005_stop_writers";
-my $connstr = $node->connstr('postgres');
-my $parent_pid = $$;
-my @writer_pids;
-my @writer_logs;
-my $last_writer = 0;
+StpTest::setup_writers($node,
+	prefix => '005',
+	writers => $writers,
+	rows_per_tx => $rows_per_tx);
 
-# Whatever happens to the test, the writers do not outlive it.
-END
-{
-	if ($$ == $parent_pid)
-	{
-		kill 'TERM', @writer_pids if @writer_pids;
-		waitpid($_, 0) for @writer_pids;
-	}
-}
-
+# The writers write before the faults begin.
 sub start_writers
 {
-	unlink $stopfile;
-	for (1 .. $writers)
-	{
-		my $w = ++$last_writer;
-		my $log = $PostgreSQL::Test::Utils::tmp_check . "/005_writer_$w.log";
-		unlink $log;
-		push @writer_logs, $log;
-		my $pid = fork();
-		die "fork failed: $!" unless defined $pid;
-		if ($pid == 0)
-		{
-			# The child leaves through _exit: the END blocks belong to the test.
-			eval {
-				open my $out, '>', $log or die;
-				$out->autoflush(1);
-				open STDOUT, '>', '/dev/null';
-				open STDERR, '>', '/dev/null';
-				my $s = 0;
-				while (!-e $stopfile && getppid() == $parent_pid)
-				{
-					$s++;
-					my $rc = system('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
-						'-d', $connstr, '-c', insert_sql($w, $s, $rows_per_tx));
-					if ($rc == 0)
-					{
-						print $out "ok $w $s\n";
-					}
-					else
-					{
-						print $out "maybe $w $s\n";
-						usleep(50_000);
-					}
-				}
-				close $out;
-			};
-			POSIX::_exit($@ ? 1 : 0);
-		}
-		push @writer_pids, $pid;
-	}
-	# The writers write before the faults begin.
-	my $first = $last_writer - $writers + 1;
-	$node->poll_query_until('postgres',
-		"SELECT count(DISTINCT w) FROM events WHERE w BETWEEN $first AND $last_writer",
-		$writers)
-	  or die 'the writers do not write';
+	StpTest::start_writers(1);
 }
 
 sub stop_writers
 {
-	my ($label) = @_;
-	open my $fh, '>', $stopfile or die;
-	close $fh;
-	for my $pid (@writer_pids)
-	{
-		waitpid($pid, 0);
-		is($? >> 8, 0, "$label: writer process $pid exited cleanly");
-	}
-	@writer_pids = ();
-	unlink $stopfile;
-}
-
-# Resolve what the writers inserted so far, check the source against it,
-# and return the number of rows in the source.
-sub tally
-{
-	my ($label) = @_;
-	my (@ok, @maybe);
-	for my $log (@writer_logs)
-	{
-		open my $in, '<', $log or die "cannot read $log: $!";
-		while (my $line = <$in>)
-		{
-			if ($line =~ /^ok (\d+) (\d+)$/) { push @ok, "($1,$2)"; }
-			elsif ($line =~ /^maybe (\d+) (\d+)$/) { push @maybe, "($1,$2)"; }
-		}
-		close $in;
-	}
-	note "$label: " . scalar(@ok) . " confirmed writer transactions, "
-	  . scalar(@maybe) . " unconfirmed";
-	cmp_ok(scalar(@ok), '>', 0, "$label: writers committed transactions");
-
-	$node->safe_psql('postgres',
-		'DROP TABLE IF EXISTS writer_tx; CREATE TABLE writer_tx (w int, s int, confirmed bool, PRIMARY KEY (w, s))'
-	);
-	$node->safe_psql('postgres',
-		'INSERT INTO writer_tx SELECT w, s, true FROM (VALUES ' . join(',', @ok) . ') x(w, s)');
-	$node->safe_psql('postgres',
-		'INSERT INTO writer_tx SELECT w, s, false FROM (VALUES ' . join(',', @maybe) . ') x(w, s)')
-	  if @maybe;
-
-	# Every confirmed transaction is in the source, whole.
-	is( $node->safe_psql(
-			'postgres',
-			'SELECT count(*) FROM events e JOIN writer_tx t USING (w, s) WHERE t.confirmed'),
-		scalar(@ok) * $rows_per_tx,
-		"$label: every confirmed writer transaction is in the source");
-
-	# An unconfirmed transaction committed whole or not at all.
-	is( $node->safe_psql(
-			'postgres', qq{SELECT count(*) FROM (
-			SELECT w, s, count(*) FROM events WHERE w > 0 GROUP BY w, s
-			HAVING count(*) <> $rows_per_tx) x}),
-		'0',
-		"$label: every writer transaction in the source is whole");
-
-	my $maybe_committed = $node->safe_psql('postgres',
-		'SELECT count(DISTINCT (w, s)) FROM events e JOIN writer_tx t USING (w, s) WHERE NOT t.confirmed'
-	);
-	my $inserted =
-	  $backlog_rows + (scalar(@ok) + $maybe_committed) * $rows_per_tx;
-	note "$label: $maybe_committed unconfirmed transactions committed; $inserted rows inserted";
-	is($node->safe_psql('postgres', 'SELECT count(*) FROM events'),
-		$inserted, "$label: the source holds exactly the rows inserted");
-	return $inserted;
+	StpTest::stop_writers($_[0]);
 }
 
 # The job has caught up, and its result equals the batch query exactly.
@@ -278,65 +98,29 @@ sub check_job
 {
 	my ($label, $job, $inserted) = @_;
 	my ($def, $result) = @{ $jobs{$job} };
-	my $d = $jobdef{$def};
-	my $q = $d->{query};
-
-	# Wait in short calls, as the README advises for a long wait.
-	my $caught_up = 'f';
-	my $deadline = time() + 180;
-	while ($caught_up ne 't' && time() < $deadline)
-	{
-		$caught_up = $node->safe_psql('postgres', "SELECT stp_wait('$job', '1 s')");
-	}
-	is($caught_up, 't', "$label: $job: stp_wait returns true");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT count(*) FROM stp.job_status WHERE job_name = '$job' AND state IN ('failed', 'stopped')"
-		),
-		'0',
-		"$label: $job: no partition failed or stopped");
-
-	my $batch = "SELECT $d->{cols} FROM ($q) b";
-	my $res = "SELECT $d->{cols} FROM $result";
-	is($node->safe_psql('postgres', "SELECT count(*) FROM ($res EXCEPT ALL $batch) x"),
-		'0', "$label: $job: no result row is missing from the batch query");
-	is($node->safe_psql('postgres', "SELECT count(*) FROM ($batch EXCEPT ALL $res) x"),
-		'0', "$label: $job: no batch query row is missing from the result");
-	is( $node->safe_psql('postgres', "SELECT count(*) FROM $result"),
-		$node->safe_psql('postgres', "SELECT count(*) FROM ($q) b"),
-		"$label: $job: result and batch query have the same number of groups");
-	is( $node->safe_psql('postgres', "SELECT sum(cnt) FROM $result"),
-		$node->safe_psql('postgres', "SELECT sum(cnt) FROM ($q) b"),
-		"$label: $job: the result counts as many rows as the batch query");
-	if ($def ne 'bytx')
-	{
+	my $d = StpTest::jobdef($def);
+	StpTest::check_job(
+		$node,
+		job => $job,
+		result => $result,
+		query => $d->{query},
+		cols => $d->{cols},
+		types => $d->{types},
+		prefix => "$label: $job: ",
+		wait_timeout => 180,
+		wait_step => 1,
+		wait_msg => 'stp_wait returns true',
+		failed_msg => 'no partition failed or stopped',
+		sum_vs_batch => 1,
 		# These queries have no WHERE: they count every inserted row.
-		is($node->safe_psql('postgres', "SELECT sum(cnt) FROM $result"),
-			$inserted, "$label: $job: the result counts every inserted row exactly once");
-		is( $node->safe_psql(
-				'postgres',
-				"SELECT sum(rows_processed) FROM stp.job_status WHERE job_name = '$job'"),
-			$inserted,
-			"$label: $job: the partitions processed every row exactly once");
-	}
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT bool_and(processed_upto = (SELECT last_value FROM events_id_seq)) FROM stp.job_status WHERE job_name = '$job'"
-		),
-		't',
-		"$label: $job: every partition processed up to the last value of the sequence");
-	is( $node->safe_psql(
-			'postgres', qq{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
-			FROM pg_attribute WHERE attrelid = '$result'::regclass AND attnum > 0
-			AND NOT attisdropped AND attname NOT LIKE '\\_stp\\_%'}),
-		$d->{types},
-		"$label: $job: result columns have the batch query's names and types");
+		inserted => ($def ne 'bytx' ? $inserted : undef),
+		processed_upto => 1);
 }
 
 sub check_jobs
 {
 	my ($label, @names) = @_;
-	my $inserted = tally($label);
+	my $inserted = StpTest::tally($label, $backlog_rows);
 	check_job($label, $_, $inserted) for @names;
 }
 
@@ -351,12 +135,7 @@ sub running_partitions
 sub wait_for_workers
 {
 	my ($label, $n) = @_;
-	$n //= running_partitions();
-	ok( $node->poll_query_until(
-			'postgres',
-			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stp worker'",
-			$n),
-		"$label: $n partition workers run");
+	StpTest::wait_for_workers($node, $label, $n // running_partitions());
 }
 
 sub launcher_pid
@@ -373,26 +152,11 @@ sub worker_pids
 	);
 }
 
-# A worker to hit: "pid|job|partition", preferably one inside a batch
+# A worker to hit: pid, job and partition, preferably one inside a batch
 # (looked for during up to $patience seconds).
 sub pick_worker
 {
-	my ($patience) = @_;
-	my $candidates = q{SELECT a.pid || '|' || s.job_name || '|' || s.partition
-		FROM pg_stat_activity a JOIN stp.job_status s ON s.pid = a.pid
-		WHERE a.backend_type = 'stp worker'};
-	my $victim = '';
-	my $deadline = time() + $patience;
-	while ($victim eq '' && time() < $deadline)
-	{
-		$victim = $node->safe_psql('postgres',
-			"$candidates AND a.state = 'active' AND a.query = 'stp: batch' ORDER BY random() LIMIT 1"
-		);
-		usleep(10_000) if $victim eq '';
-	}
-	$victim = $node->safe_psql('postgres', "$candidates ORDER BY random() LIMIT 1")
-	  if $victim eq '';
-	return split /\|/, $victim;
+	return StpTest::pick_worker($node, $_[0]);
 }
 
 start_job('j', 'wide', 3);
@@ -469,13 +233,8 @@ for my $i (1 .. $launcher_kills)
 	my $log_offset = -s $node->logfile;
 	ok(kill('KILL', $launcher), "$label: SIGKILL sent to the launcher $launcher");
 
-	$node->wait_for_log(
-		qr/background worker "stp launcher" \(PID $launcher\) was terminated by signal 9/,
-		$log_offset);
-	$node->wait_for_log(qr/all server processes terminated; reinitializing/,
-		$log_offset);
-	$node->poll_query_until('postgres', 'SELECT 1', '1')
-	  or die "server did not come back after killing the launcher";
+	StpTest::wait_for_crash_restart($node, 'stp launcher', $launcher,
+		$log_offset, 'the launcher');
 
 	ok( $node->poll_query_until(
 			'postgres',
@@ -525,14 +284,9 @@ for my $i (1 .. $worker_kills)
 		fail("$label: SIGKILL sent to worker $victim");
 		next;
 	}
-	$node->wait_for_log(
-		qr/background worker "stp worker" \(PID $victim\) was terminated by signal 9/,
-		$log_offset);
-	$node->wait_for_log(qr/all server processes terminated; reinitializing/,
-		$log_offset);
+	StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset,
+		$victim);
 	$kills_delivered++;
-	$node->poll_query_until('postgres', 'SELECT 1', '1')
-	  or die "server did not come back after killing $victim";
 	wait_for_workers("$label ($job partition $part, pid $victim)");
 }
 note sprintf("%d worker kills in %.1f s", $kills_delivered, time() - $kill_started);
