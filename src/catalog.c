@@ -79,6 +79,9 @@ stp_catalog_rights_begin(StpRights *save)
 						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
+/*
+ * Return to the identity saved by stp_catalog_rights_begin.
+ */
 void
 stp_catalog_rights_end(StpRights *save)
 {
@@ -168,6 +171,9 @@ stp_sequence_last_value(Oid seqoid, bool *is_called)
 	return *is_called ? last : 0;
 }
 
+/*
+ * A text[] from stp.jobs as a List of C strings, NULL elements kept as NULL.
+ */
 static List *
 text_array_to_list(Datum arr)
 {

@@ -121,6 +121,10 @@ lookup_job(const char *job_name, bool for_update)
 	return job;
 }
 
+/*
+ * The SQL functions are not STRICT, so that a NULL argument gets an error
+ * that names it instead of a silent NULL result.
+ */
 static void
 check_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
 {
@@ -312,6 +316,9 @@ has_key_index(Relation rel, List *columns, int nkeys)
 	return found;
 }
 
+/*
+ * The quoted, comma-separated names of the group columns.
+ */
 static char *
 key_column_list(List *columns, int nkeys)
 {
@@ -425,6 +432,9 @@ create_result_table(Oid nspid, const char *relname, List *columns, int nkeys)
 	return get_relname_relid(relname, nspid);
 }
 
+/*
+ * A List of C strings (NULL for none) as a text[] datum for stp.jobs.
+ */
 static Datum
 text_array(List *items)
 {
@@ -672,6 +682,9 @@ stop_workers(int32 job_id)
 	stp_wait_job_workers_exit(MyDatabaseId, job_id, 10000);
 }
 
+/*
+ * stp_stop_job(job_name): the job's workers leave; its progress stays.
+ */
 Datum
 stp_stop_job(PG_FUNCTION_ARGS)
 {
@@ -699,6 +712,10 @@ stp_stop_job(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * stp_resume_job(job_name): run the job again from its progress, clearing
+ * failed partitions; the workers start when the transaction commits.
+ */
 Datum
 stp_resume_job(PG_FUNCTION_ARGS)
 {
@@ -726,6 +743,10 @@ stp_resume_job(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * stp_drop_job(job_name, drop_result): remove the job and end its workers;
+ * the result table goes too only if asked.
+ */
 Datum
 stp_drop_job(PG_FUNCTION_ARGS)
 {

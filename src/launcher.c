@@ -42,6 +42,10 @@
 /* A registered worker that has not claimed its slot after this is lost. */
 #define STP_START_TIMEOUT_MS	10000
 
+/*
+ * Register the launcher while preloading.  It restarts after a crash, so
+ * that jobs come back with the cluster.
+ */
 void
 stp_register_launcher(void)
 {
@@ -58,6 +62,9 @@ stp_register_launcher(void)
 	RegisterBackgroundWorker(&bgw);
 }
 
+/*
+ * At exit, stop advertising the launcher's latch.
+ */
 static void
 launcher_detach(int code, Datum arg)
 {
@@ -99,12 +106,12 @@ database_list(void)
 	return dbs;
 }
 
+static void retry_scan_later(Oid dboid);
+
 /*
  * Start a starter worker in a database.  Returns false if no background
  * worker slot is free, so that the scan is tried again later.
  */
-static void retry_scan_later(Oid dboid);
-
 static bool
 start_starter(Oid dboid)
 {
@@ -233,6 +240,11 @@ start_waiting_partitions(void)
 	pfree(waiting);
 }
 
+/*
+ * The launcher's loop: start the partitions that wait for a worker slot,
+ * then scan the databases that asked for it, and all of them every
+ * stp.launcher_naptime.
+ */
 void
 stp_launcher_main(Datum main_arg)
 {
@@ -273,6 +285,10 @@ stp_launcher_main(Datum main_arg)
 	}
 }
 
+/*
+ * Remember whether a database has the extension, so that rounds skip the
+ * databases without it.
+ */
 static void
 set_has_stp(Oid dboid, bool has_stp)
 {

@@ -102,6 +102,10 @@ stp_type_routable(Oid typid, Oid collid)
 	return OidIsValid(tce->hash_extended_proc);
 }
 
+/*
+ * Decide, once per call site, how each key argument is hashed: by its bytes
+ * or by its type's extended hash function, with its own collation.
+ */
 static StpRouteCache *
 build_route_cache(FunctionCallInfo fcinfo, int first_key)
 {

@@ -38,6 +38,9 @@
 
 #include "stp.h"
 
+/*
+ * Refuse an unsupported part of a job's query, naming it.
+ */
 static void
 refuse(const char *what, const char *hint)
 {
@@ -212,6 +215,9 @@ classify_aggregate(Aggref *agg, const char *colname)
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
+/*
+ * A result-table column as the query produces it.
+ */
 static StpColumn *
 make_column(const char *name, Oid type, int32 typmod, Oid collation)
 {

@@ -43,6 +43,9 @@ typedef struct StpPendingStart
 static StpPendingStart jobs_to_start[STP_MAX_SLOTS];
 static int	njobs_to_start = 0;
 
+/*
+ * Ask for the registry's shared memory and its LWLock (shmem_request_hook).
+ */
 void
 stp_shmem_request(void)
 {
@@ -50,6 +53,9 @@ stp_shmem_request(void)
 	RequestNamedLWLockTranche("stp", 1);
 }
 
+/*
+ * Create or attach to the registry (shmem_startup_hook).
+ */
 void
 stp_shmem_startup(void)
 {
@@ -282,6 +288,10 @@ stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions)
 	kick_launcher_at_commit = true;
 }
 
+/*
+ * Signal every worker of this database when the transaction commits (DROP
+ * EXTENSION).
+ */
 void
 stp_stop_db_workers_at_commit(void)
 {
@@ -344,6 +354,9 @@ stp_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * Register the commit callback once per process, while preloading.
+ */
 void
 stp_xact_callback_init(void)
 {

@@ -18,12 +18,18 @@
 
 #include "stp.h"
 
+/*
+ * The name of the state column that keeps avg's sum for output column name.
+ */
 char *
 stp_avg_sum_column(const char *name)
 {
 	return psprintf("_stp_%s_sum", name);
 }
 
+/*
+ * The name of the state column that keeps avg's count for output column name.
+ */
 char *
 stp_avg_count_column(const char *name)
 {
@@ -34,12 +40,18 @@ static const char *const agg_kind_names[] = {
 	"count", "sum", "min", "max", "avg_numeric", "avg_float"
 };
 
+/*
+ * How an aggregate kind is spelled in stp.jobs.agg_kinds.
+ */
 char *
 stp_agg_kind_name(StpAggKind kind)
 {
 	return (char *) agg_kind_names[kind];
 }
 
+/*
+ * The aggregate kind spelled in stp.jobs.agg_kinds.
+ */
 StpAggKind
 stp_agg_kind_from_name(const char *name)
 {
@@ -70,6 +82,9 @@ count_star_position(StpJobDef *def)
 	return -1;
 }
 
+/*
+ * Does the aggregate keep state columns in the result table?
+ */
 static bool
 is_avg(StpAggKind kind)
 {
@@ -87,6 +102,9 @@ append_sum_merge(StringInfo buf, const char *col)
 					 col, col, col, col);
 }
 
+/*
+ * Append the items separated by commas.
+ */
 static void
 append_joined(StringInfo buf, List *items)
 {

@@ -22,6 +22,9 @@
 PG_FUNCTION_INFO_V1(stp_worker_slots);
 PG_FUNCTION_INFO_V1(stp_sequence_last_value_sql);
 
+/*
+ * How stp.job_status spells a live worker's state.
+ */
 static const char *
 state_name(StpWorkerState state)
 {

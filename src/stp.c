@@ -52,6 +52,9 @@ stp_shmem_request_hook(void)
 	stp_shmem_request();
 }
 
+/*
+ * Attach to the registry, chaining the previous hook.
+ */
 static void
 stp_shmem_startup_hook(void)
 {
@@ -133,6 +136,9 @@ fail_jobs_of_truncated(TruncateStmt *stmt)
 	SPI_finish();
 }
 
+/*
+ * ProcessUtility_hook: watch TRUNCATE, then run the statement as usual.
+ */
 static void
 stp_process_utility(PlannedStmt *pstmt, const char *queryString,
 					bool readOnlyTree, ProcessUtilityContext context,

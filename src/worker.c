@@ -125,6 +125,9 @@ stp_register_worker(Oid dboid, Oid owner, int32 job_id, int32 partition)
 	return RegisterDynamicBackgroundWorker(&bgw, NULL);
 }
 
+/*
+ * Show what the worker does in stp.job_status.
+ */
 static void
 set_slot_state(StpWorkerState state)
 {
@@ -132,6 +135,10 @@ set_slot_state(StpWorkerState state)
 	worker.slot->state = state;
 }
 
+/*
+ * At exit, give up the partition's registry entry so that the launcher can
+ * start a new worker for it.
+ */
 static void
 release_slot(int code, Datum arg)
 {
@@ -209,6 +216,9 @@ relation_changed(Datum arg, Oid relid)
 		worker.recheck = true;
 }
 
+/*
+ * Check one result column's type against what the job's query produces now.
+ */
 static void
 check_result_column(const char *name, Oid type)
 {
@@ -600,6 +610,11 @@ worker_backoff(int64 ms)
 	}
 }
 
+/*
+ * Entry point of a partition worker: connect as the job's owner, become the
+ * partition's only worker, then run batches until stopped, retrying errors
+ * with backoff and failing the partition on errors a retry cannot cure.
+ */
 void
 stp_worker_main(Datum main_arg)
 {
