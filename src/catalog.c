@@ -89,6 +89,43 @@ stp_catalog_rights_end(StpRights *save)
 }
 
 /*
+ * Run a statement on stp's catalog with the extension owner's rights.  An
+ * SPI failure is an error; the caller checks the result code it expects.
+ */
+int
+stp_catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
+				 const char *nulls, bool read_only, long count)
+{
+	StpRights	save;
+	int			ret;
+
+	stp_catalog_rights_begin(&save);
+	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, read_only, count);
+	stp_catalog_rights_end(&save);
+	if (ret < 0)
+		elog(ERROR, "stp catalog statement failed: %s", SPI_result_code_string(ret));
+	return ret;
+}
+
+/*
+ * Run a prepared statement on stp's catalog with the extension owner's
+ * rights, as stp_catalog_exec does.
+ */
+int
+stp_catalog_exec_plan(SPIPlanPtr plan, Datum *values)
+{
+	StpRights	save;
+	int			ret;
+
+	stp_catalog_rights_begin(&save);
+	ret = SPI_execute_plan(plan, values, NULL, false, 0);
+	stp_catalog_rights_end(&save);
+	if (ret < 0)
+		elog(ERROR, "stp catalog statement failed: %s", SPI_result_code_string(ret));
+	return ret;
+}
+
+/*
  * Pin, for the current GUC nest level, the settings that generated SQL and
  * deparsed expressions depend on: a search_path of pg_catalog, so that
  * every other name is written out qualified, and the output styles of
@@ -197,7 +234,6 @@ StpJobDef *
 stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 {
 	MemoryContext old;
-	StpRights	save;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1] = {Int32GetDatum(job_id)};
 	StpJobDef  *def;
@@ -209,15 +245,13 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	List	   *kinds;
 	int			ret;
 
-	stp_catalog_rights_begin(&save);
-	ret = SPI_execute_with_args("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
+	ret = stp_catalog_exec("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 								"order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 								"result_table::pg_catalog.oid, partitions, batch_size, "
 								"(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
 								"timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
 								"where_clause, state FROM stp.jobs WHERE job_id = $1",
 								1, argtypes, args, NULL, true, 1);
-	stp_catalog_rights_end(&save);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)

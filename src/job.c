@@ -59,24 +59,6 @@ typedef struct StpJobRef
 } StpJobRef;
 
 /*
- * Run a statement on stp's catalog with the extension owner's rights.
- */
-static int
-catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
-			 bool read_only)
-{
-	StpRights	save;
-	int			ret;
-
-	stp_catalog_rights_begin(&save);
-	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, read_only, 0);
-	stp_catalog_rights_end(&save);
-	if (ret < 0)
-		elog(ERROR, "stp catalog statement failed: %s", SPI_result_code_string(ret));
-	return ret;
-}
-
-/*
  * Find a job by name.  With for_update, lock its row and check that the
  * caller may manage it.  Errors if it does not exist.
  */
@@ -91,12 +73,12 @@ lookup_job(const char *job_name, bool for_update)
 	bool		isnull;
 	Datum		d;
 
-	catalog_exec(for_update ?
+	stp_catalog_exec(for_update ?
 				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
 				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1 FOR UPDATE" :
 				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
 				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1",
-				 1, types, values, !for_update);
+				 1, types, values, NULL, !for_update, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -536,7 +518,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 		Oid			types[1] = {TEXTOID};
 		Datum		values[1] = {CStringGetTextDatum(job_name)};
 
-		catalog_exec("SELECT 1 FROM stp.jobs WHERE job_name = $1", 1, types, values, true);
+		stp_catalog_exec("SELECT 1 FROM stp.jobs WHERE job_name = $1", 1, types, values, NULL, true, 0);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -609,7 +591,6 @@ stp_start_job(PG_FUNCTION_ARGS)
 		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID};
 		Datum		values[17];
 		char		nulls[17];
-		StpRights	save;
 		bool		isnull;
 		int			ret;
 
@@ -635,8 +616,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 		else
 			nulls[16] = 'n';
 
-		stp_catalog_rights_begin(&save);
-		ret = SPI_execute_with_args("INSERT INTO stp.jobs (job_name, owner, query, source, "
+		ret = stp_catalog_exec("INSERT INTO stp.jobs (job_name, owner, query, source, "
 									"order_column, sequence, result_table, partitions, batch_size, "
 									"poll_interval, timezone, key_names, key_exprs, agg_names, "
 									"agg_kinds, agg_args, where_clause) VALUES ($1, $2::pg_catalog.regrole, "
@@ -655,10 +635,9 @@ stp_start_job(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(job_id);
 		values[1] = Int64GetDatum(start_offset);
 		values[2] = Int32GetDatum(def.partitions);
-		ret = SPI_execute_with_args("INSERT INTO stp.partitions (job_id, partition, processed_upto) "
+		ret = stp_catalog_exec("INSERT INTO stp.partitions (job_id, partition, processed_upto) "
 									"SELECT $1, g, $2 FROM pg_catalog.generate_series(0, $3 - 1) g",
 									3, types, values, NULL, false, 0);
-		stp_catalog_rights_end(&save);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "could not insert into stp.partitions");
 	}
@@ -704,8 +683,8 @@ stp_stop_job(PG_FUNCTION_ARGS)
 	else
 	{
 		values[0] = Int32GetDatum(job->job_id);
-		catalog_exec("UPDATE stp.jobs SET state = 'stopped' WHERE job_id = $1",
-					 1, types, values, false);
+		stp_catalog_exec("UPDATE stp.jobs SET state = 'stopped' WHERE job_id = $1",
+					 1, types, values, NULL, false, 0);
 	}
 	SPI_finish();
 	stop_workers(job->job_id);
@@ -731,10 +710,10 @@ stp_resume_job(PG_FUNCTION_ARGS)
 	SPI_connect();
 	job = lookup_job(job_name, true);
 	values[0] = Int32GetDatum(job->job_id);
-	catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id = $1",
-				 1, types, values, false);
-	catalog_exec("UPDATE stp.partitions SET failed = false, error_count = 0, last_error = NULL "
-				 "WHERE job_id = $1", 1, types, values, false);
+	stp_catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id = $1",
+				 1, types, values, NULL, false, 0);
+	stp_catalog_exec("UPDATE stp.partitions SET failed = false, error_count = 0, last_error = NULL "
+				 "WHERE job_id = $1", 1, types, values, NULL, false, 0);
 	partitions = (int32) SPI_processed;
 	SPI_finish();
 
@@ -764,7 +743,7 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	SPI_connect();
 	job = lookup_job(job_name, true);
 	values[0] = Int32GetDatum(job->job_id);
-	catalog_exec("DELETE FROM stp.jobs WHERE job_id = $1", 1, types, values, false);
+	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id = $1", 1, types, values, NULL, false, 0);
 
 	if (drop_result && get_rel_name(job->result) != NULL)
 	{
@@ -829,12 +808,12 @@ stp_wait(PG_FUNCTION_ARGS)
 		bool		isnull;
 		char	   *state;
 
-		catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto >= $2), "
+		stp_catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto >= $2), "
 					 "pg_catalog.bool_or(p.failed), "
 					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed) "
 					 "FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
 					 "WHERE j.job_id = $1 GROUP BY j.state",
-					 2, types, values, false);
+					 2, types, values, NULL, false, 0);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),

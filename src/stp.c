@@ -106,7 +106,6 @@ fail_jobs_of_truncated(TruncateStmt *stmt)
 		Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
 		Oid			types[2] = {OIDOID, TEXTOID};
 		Datum		values[2];
-		StpRights	save;
 		int			ret;
 
 		if (!OidIsValid(relid))
@@ -114,14 +113,12 @@ fail_jobs_of_truncated(TruncateStmt *stmt)
 		values[0] = ObjectIdGetDatum(relid);
 		values[1] = CStringGetTextDatum(psprintf("table %s was truncated; the result table no longer matches the job's query",
 												 get_rel_name(relid)));
-		stp_catalog_rights_begin(&save);
-		ret = SPI_execute_with_args("UPDATE stp.partitions p SET failed = true, last_error = $2 "
+		ret = stp_catalog_exec("UPDATE stp.partitions p SET failed = true, last_error = $2 "
 									"FROM stp.jobs j WHERE j.job_id = p.job_id "
 									"AND (j.source OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
 									"OR j.result_table OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) "
 									"RETURNING p.job_id",
 									2, types, values, NULL, false, 0);
-		stp_catalog_rights_end(&save);
 		if (ret != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not mark the jobs of truncated table %u failed", relid);
 		for (uint64 i = 0; i < SPI_processed; i++)

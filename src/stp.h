@@ -178,6 +178,9 @@ typedef struct StpRights
 extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
 extern void stp_catalog_rights_begin(StpRights *save);
 extern void stp_catalog_rights_end(StpRights *save);
+extern int	stp_catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
+							 const char *nulls, bool read_only, long count);
+extern int	stp_catalog_exec_plan(struct _SPI_plan *plan, Datum *values);
 extern int64 stp_sequence_last_value(Oid seqoid, bool *is_called);
 extern void stp_pin_settings(void);
 extern char *stp_qualified_relname(Oid relid);

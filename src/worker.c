@@ -311,7 +311,6 @@ worker_setup(void)
 	StpJobDef  *def;
 	Oid			types[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
 	Oid			batch_types[2] = {INT8OID, INT8OID};
-	StpRights	save;
 	char	   *sql;
 	bool		ok = true;
 	int			ret;
@@ -333,11 +332,9 @@ worker_setup(void)
 
 		SetConfigOption("TimeZone", def->timezone, PGC_SUSET, PGC_S_OVERRIDE);
 
-		stp_catalog_rights_begin(&save);
-		ret = SPI_execute_with_args("SELECT processed_upto, failed FROM stp.partitions "
-									"WHERE job_id = $1 AND partition = $2",
-									2, argtypes, args, NULL, true, 1);
-		stp_catalog_rights_end(&save);
+		ret = stp_catalog_exec("SELECT processed_upto, failed FROM stp.partitions "
+							   "WHERE job_id = $1 AND partition = $2",
+							   2, argtypes, args, NULL, true, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			ok = false;
 		else
@@ -391,18 +388,15 @@ worker_setup(void)
 static bool
 job_still_running(void)
 {
-	StpRights	save;
 	Oid			argtypes[2] = {INT4OID, INT4OID};
 	Datum		args[2] = {Int32GetDatum(worker.args.job_id),
 	Int32GetDatum(worker.args.partition)};
 	int			ret;
 
-	stp_catalog_rights_begin(&save);
-	ret = SPI_execute_with_args("SELECT 1 FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-								"WHERE j.job_id = $1 AND p.partition = $2 AND j.state = 'running' "
-								"AND NOT p.failed",
-								2, argtypes, args, NULL, false, 1);
-	stp_catalog_rights_end(&save);
+	ret = stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
+						   "WHERE j.job_id = $1 AND p.partition = $2 AND j.state = 'running' "
+						   "AND NOT p.failed",
+						   2, argtypes, args, NULL, false, 1);
 	return ret == SPI_OK_SELECT && SPI_processed == 1;
 }
 
@@ -417,7 +411,6 @@ worker_step(bool *stop)
 	int64		rows = 0;
 	TimestampTz started;
 	Datum		values[4];
-	StpRights	save;
 	bool		isnull;
 	int			ret;
 
@@ -461,9 +454,7 @@ worker_step(bool *stop)
 	values[0] = Int32GetDatum(worker.args.job_id);
 	values[1] = Int32GetDatum(worker.args.partition);
 	values[2] = Int64GetDatum(worker.offset);
-	stp_catalog_rights_begin(&save);
-	ret = SPI_execute_plan(worker.lock_plan, values, NULL, false, 0);
-	stp_catalog_rights_end(&save);
+	ret = stp_catalog_exec_plan(worker.lock_plan, values);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not lock the partition's progress: %s", SPI_result_code_string(ret));
 	if (SPI_processed != 1)
@@ -504,9 +495,7 @@ worker_step(bool *stop)
 	values[1] = Int32GetDatum(worker.args.partition);
 	values[2] = Int64GetDatum(hi);
 	values[3] = Int64GetDatum(rows);
-	stp_catalog_rights_begin(&save);
-	ret = SPI_execute_plan(worker.progress_plan, values, NULL, false, 0);
-	stp_catalog_rights_end(&save);
+	ret = stp_catalog_exec_plan(worker.progress_plan, values);
 	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 		elog(ERROR, "progress update failed: %s", SPI_result_code_string(ret));
 
@@ -531,7 +520,6 @@ worker_step(bool *stop)
 static void
 record_error(const char *message, bool failed)
 {
-	StpRights	save;
 	Oid			argtypes[4] = {INT4OID, INT4OID, TEXTOID, BOOLOID};
 	Datum		args[4];
 
@@ -544,12 +532,10 @@ record_error(const char *message, bool failed)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	stp_catalog_rights_begin(&save);
-	(void) SPI_execute_with_args("UPDATE stp.partitions SET last_error = $3, "
-								 "error_count = error_count + 1, failed = $4 "
-								 "WHERE job_id = $1 AND partition = $2",
-								 4, argtypes, args, NULL, false, 0);
-	stp_catalog_rights_end(&save);
+	(void) stp_catalog_exec("UPDATE stp.partitions SET last_error = $3, "
+							"error_count = error_count + 1, failed = $4 "
+							"WHERE job_id = $1 AND partition = $2",
+							4, argtypes, args, NULL, false, 0);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
