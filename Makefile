@@ -11,10 +11,11 @@ OBJS = \
 	src/status.o \
 	src/query.o \
 	src/sqlgen.o \
-	src/partition.o
+	src/partition.o \
+	src/guard.o
 
 EXTENSION = stp
-DATA = stp--1.0.sql
+DATA = stp--1.0.sql stp--1.1.sql stp--1.0--1.1.sql
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 

@@ -19,6 +19,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -126,19 +127,54 @@ stp_catalog_exec_plan(SPIPlanPtr plan, Datum *values)
 }
 
 /*
+ * Settings that change how stored SQL text parses, whatever the value of
+ * its constants: they have one fixed value wherever stp deparses or runs a
+ * job's expressions.  A search_path of pg_catalog makes every other name
+ * written out qualified.  standard_conforming_strings decides what a
+ * backslash in a string literal means, array_nulls whether NULL in an array
+ * literal is a null, and transform_null_equals whether "x = NULL" is
+ * "x IS NULL".  A role or database setting must not change any of them in
+ * a worker.
+ */
+static const char *const stp_parse_settings[][2] = {
+	{"search_path", "pg_catalog, pg_temp"},
+	{"standard_conforming_strings", "on"},
+	{"array_nulls", "on"},
+	{"transform_null_equals", "off"},
+	{"backslash_quote", "safe_encoding"},
+};
+
+/*
+ * Settings that change what a job's expressions evaluate to (stable
+ * built-in functions and type casts read them): date_trunc on timestamptz
+ * reads TimeZone, to_char reads lc_time and lc_numeric, a cast of a date
+ * to text reads DateStyle, and so on.  A job keeps the values of the
+ * session that created it, so that its result is what that session's
+ * batch query returns, whatever the worker's role or database settings.
+ */
+static const char *const stp_job_setting_names[] = {
+	"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
+	"lc_monetary", "lc_numeric", "lc_time", "timezone_abbreviations",
+	"default_text_search_config", "xmloption", "xmlbinary", "bytea_output",
+};
+
+/*
  * Pin, for the current GUC nest level, the settings that generated SQL and
- * deparsed expressions depend on: a search_path of pg_catalog, so that
- * every other name is written out qualified, and the output styles of
- * constants, so that a date, an interval or a float in a job's query reads
- * back in a worker as the same value, whatever the creating session's
- * DateStyle or extra_float_digits.  Workers run with the same settings.
+ * deparsed expressions depend on: the fixed parse settings above, and the
+ * output styles of constants, so that a date, an interval or a float in a
+ * job's query reads back in a worker as the same value, whatever the
+ * creating session's DateStyle or extra_float_digits.  ISO dates and
+ * postgres-style intervals read back the same under every DateStyle and
+ * IntervalStyle, which is why the worker may then evaluate with the
+ * creator's.
  */
 void
 stp_pin_settings(void)
 {
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	for (int i = 0; i < lengthof(stp_parse_settings); i++)
+		(void) set_config_option(stp_parse_settings[i][0], stp_parse_settings[i][1],
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("datestyle", STP_DATESTYLE,
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
@@ -148,6 +184,50 @@ stp_pin_settings(void)
 	(void) set_config_option("extra_float_digits", "3",
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * The calling session's values of the job settings, as "name=value"
+ * strings for stp.jobs.settings.
+ */
+List *
+stp_capture_job_settings(void)
+{
+	List	   *result = NIL;
+
+	for (int i = 0; i < lengthof(stp_job_setting_names); i++)
+		result = lappend(result,
+						 psprintf("%s=%s", stp_job_setting_names[i],
+								  GetConfigOption(stp_job_setting_names[i],
+												  false, false)));
+	return result;
+}
+
+/*
+ * Fix a worker's settings for the life of the process, above any role or
+ * database setting: the parse settings, then the job's own settings (a
+ * job created before they were recorded has only its TimeZone).
+ */
+void
+stp_apply_job_settings(StpJobDef *def)
+{
+	ListCell   *lc;
+
+	for (int i = 0; i < lengthof(stp_parse_settings); i++)
+		SetConfigOption(stp_parse_settings[i][0], stp_parse_settings[i][1],
+						PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("TimeZone", def->timezone, PGC_SUSET, PGC_S_OVERRIDE);
+	foreach(lc, def->settings)
+	{
+		char	   *item = pstrdup(lfirst(lc));
+		char	   *eq = strchr(item, '=');
+
+		if (eq == NULL)
+			continue;
+		*eq = '\0';
+		SetConfigOption(item, eq + 1, PGC_SUSET, PGC_S_OVERRIDE);
+		pfree(item);
+	}
 }
 
 /*
@@ -168,8 +248,8 @@ stp_qualified_relname(Oid relid)
 }
 
 /*
- * The last value handed out by a sequence.  *is_called is false if it has
- * handed out none.
+ * Read a sequence's single tuple: its last value, and whether that value
+ * was handed out.
  *
  * nextval() and pg_sequence_last_value() lock the sequence with
  * RowExclusiveLock until their transaction ends, and workers wait for
@@ -177,8 +257,8 @@ stp_qualified_relname(Oid relid)
  * read here from the sequence's single tuple under AccessShareLock, which
  * no worker waits for, and which needs no rights on the sequence.
  */
-int64
-stp_sequence_last_value(Oid seqoid, bool *is_called)
+static void
+read_sequence(Oid seqoid, int64 *last, bool *is_called)
 {
 	Relation	rel;
 	Buffer		buf;
@@ -186,7 +266,6 @@ stp_sequence_last_value(Oid seqoid, bool *is_called)
 	ItemId		lp;
 	HeapTupleHeader tup;
 	Form_pg_sequence_data seq;
-	int64		last;
 
 	rel = relation_open(seqoid, AccessShareLock);
 	if (rel->rd_rel->relkind != RELKIND_SEQUENCE)
@@ -200,12 +279,39 @@ stp_sequence_last_value(Oid seqoid, bool *is_called)
 	Assert(ItemIdIsNormal(lp));
 	tup = (HeapTupleHeader) PageGetItem(page, lp);
 	seq = (Form_pg_sequence_data) ((char *) tup + tup->t_hoff);
-	last = seq->last_value;
+	*last = seq->last_value;
 	*is_called = seq->is_called;
 	UnlockReleaseBuffer(buf);
 	relation_close(rel, AccessShareLock);
+}
 
+/*
+ * The last value a sequence handed out, read as read_sequence does; 0 and
+ * *is_called false if it has handed out none.
+ */
+int64
+stp_sequence_last_value(Oid seqoid, bool *is_called)
+{
+	int64		last;
+
+	read_sequence(seqoid, &last, is_called);
 	return *is_called ? last : 0;
+}
+
+/*
+ * The highest value a sequence has handed out: its last value once it has
+ * handed one out, else one below the value it hands out next.  A sequence
+ * that goes back below what a job has read (setval, ALTER SEQUENCE
+ * RESTART) would hand out ids the job never reads.
+ */
+int64
+stp_sequence_high_water(Oid seqoid)
+{
+	bool		is_called;
+	int64		last;
+
+	read_sequence(seqoid, &last, &is_called);
+	return is_called ? last : last - 1;
 }
 
 /*
@@ -227,6 +333,20 @@ text_array_to_list(Datum arr)
 }
 
 /*
+ * Does a table of stp's schema have this column?  Lets this library run
+ * on the catalog of an older version of the extension until
+ * ALTER EXTENSION stp UPDATE.
+ */
+bool
+stp_catalog_has_column(const char *table, const char *column)
+{
+	Oid			nsp = get_namespace_oid("stp", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+
+	return OidIsValid(relid) && get_attnum(relid, column) != InvalidAttrNumber;
+}
+
+/*
  * Read a job's definition from stp.jobs, built in mcxt.  Returns NULL if
  * the job does not exist.  The caller is connected to SPI.
  */
@@ -243,15 +363,20 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	Datum		d;
 	ListCell   *lc;
 	List	   *kinds;
+	char	   *sql;
 	int			ret;
 
-	ret = stp_catalog_exec("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
-								"order_column::pg_catalog.text, sequence::pg_catalog.oid, "
-								"result_table::pg_catalog.oid, partitions, batch_size, "
-								"(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
-								"timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-								"where_clause, state FROM stp.jobs WHERE job_id = $1",
-								1, argtypes, args, NULL, true, 1);
+	/* A catalog of version 1.0 has no settings column yet. */
+	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
+				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
+				   "result_table::pg_catalog.oid, partitions, batch_size, "
+				   "(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
+				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
+				   "where_clause, state, %s FROM stp.jobs "
+				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
+				   stp_catalog_has_column("jobs", "settings") ?
+				   "settings" : "'{}'::pg_catalog.text[]");
+	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
@@ -281,6 +406,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	def->where_clause = isnull ? NULL : TextDatumGetCString(d);
 	if (state)
 		*state = SPI_getvalue(tup, desc, 17);
+	def->settings = text_array_to_list(SPI_getbinval(tup, desc, 18, &isnull));
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

@@ -18,15 +18,18 @@
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
 #include "utils/regproc.h"
 #include "pgstat.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -56,6 +59,7 @@ typedef struct StpJobRef
 	Oid			sequence;
 	Oid			result;
 	char	   *state;
+	Oid			source;
 } StpJobRef;
 
 /*
@@ -75,9 +79,11 @@ lookup_job(const char *job_name, bool for_update)
 
 	stp_catalog_exec(for_update ?
 				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
-				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1 FOR UPDATE" :
+				 "result_table::pg_catalog.oid, state, source::pg_catalog.oid FROM stp.jobs "
+				 "WHERE job_name OPERATOR(pg_catalog.=) $1 FOR UPDATE" :
 				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
-				 "result_table::pg_catalog.oid, state FROM stp.jobs WHERE job_name = $1",
+				 "result_table::pg_catalog.oid, state, source::pg_catalog.oid FROM stp.jobs "
+				 "WHERE job_name OPERATOR(pg_catalog.=) $1",
 				 1, types, values, NULL, !for_update, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -94,6 +100,7 @@ lookup_job(const char *job_name, bool for_update)
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	job->result = DatumGetObjectId(d);
 	job->state = SPI_getvalue(tup, desc, 5);
+	job->source = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 
 	if (for_update && !has_privs_of_role(GetUserId(), job->owner))
 		ereport(ERROR,
@@ -232,30 +239,38 @@ find_order_column(StpJobDef *def, const char *requested)
 }
 
 /*
- * Check that the calling role can log in, since the job's workers connect
- * as it.
+ * Check that a role exists and can log in, since a job's workers connect
+ * as its owner.
  */
 static void
-check_owner_can_login(void)
+check_owner_can_login(Oid roleid, const char *action)
 {
-	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(roleid));
 	bool		canlogin;
+	char	   *rolname;
 
 	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for role %u", GetUserId());
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of the job, role with OID %u, no longer exists", roleid),
+				 errhint("Drop the job and create it again as another role.")));
 	canlogin = ((Form_pg_authid) GETSTRUCT(tup))->rolcanlogin;
+	rolname = pstrdup(NameStr(((Form_pg_authid) GETSTRUCT(tup))->rolname));
 	ReleaseSysCache(tup);
 	if (!canlogin)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("role \"%s\" cannot log in", GetUserNameFromId(GetUserId(), false)),
-				 errdetail("A job's workers connect as the role that creates the job."),
-				 errhint("Create the job as a role with LOGIN.")));
+				 errmsg("role \"%s\" cannot log in", rolname),
+				 errdetail("A job's workers connect as the job's owner."),
+				 errhint("%s", action)));
 }
 
 /*
- * Does the table have a unique, NULLS NOT DISTINCT index on exactly the
- * key columns?
+ * Does the table have a unique, immediate, NULLS NOT DISTINCT index on
+ * exactly the key columns, that compares each with its column's collation
+ * and its type's default equality?  Only such an index makes ON CONFLICT
+ * merge exactly the rows that GROUP BY puts in one group, and a deferrable
+ * one cannot serve ON CONFLICT at all.
  */
 static bool
 has_key_index(Relation rel, List *columns, int nkeys)
@@ -268,13 +283,20 @@ has_key_index(Relation rel, List *columns, int nkeys)
 	{
 		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
 		Form_pg_index idx;
+		oidvector  *indclass;
+		oidvector  *indcollation;
+		bool		isnull;
 		bool		match;
 
 		if (!HeapTupleIsValid(tup))
 			continue;
 		idx = (Form_pg_index) GETSTRUCT(tup);
-		match = idx->indisunique && idx->indisvalid && idx->indnullsnotdistinct &&
-			idx->indnkeyatts == nkeys &&
+		indclass = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, tup,
+																  Anum_pg_index_indclass, &isnull));
+		indcollation = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, tup,
+																	  Anum_pg_index_indcollation, &isnull));
+		match = idx->indisunique && idx->indisvalid && idx->indimmediate &&
+			idx->indnullsnotdistinct && idx->indnkeyatts == nkeys &&
 			heap_attisnull(tup, Anum_pg_index_indexprs, NULL) &&
 			heap_attisnull(tup, Anum_pg_index_indpred, NULL);
 		for (int i = 0; match && i < nkeys; i++)
@@ -284,8 +306,13 @@ has_key_index(Relation rel, List *columns, int nkeys)
 			bool		in_index = false;
 
 			for (int j = 0; j < nkeys; j++)
-				if (idx->indkey.values[j] == attnum)
+			{
+				if (idx->indkey.values[j] == attnum &&
+					indcollation->values[j] == col->collation &&
+					indclass->values[j] == GetDefaultOpClass(col->type,
+															 BTREE_AM_OID))
 					in_index = true;
+			}
 			match = in_index;
 		}
 		ReleaseSysCache(tup);
@@ -333,19 +360,31 @@ verify_result_table(Oid relid, List *columns, int nkeys)
 		StpColumn  *col = lfirst(lc);
 		AttrNumber	attnum = get_attnum(relid, col->name);
 		Oid			atttype;
+		int32		atttypmod;
+		Oid			attcoll;
 
 		if (attnum == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("result table %s has no column \"%s\"", relname, col->name),
 					 errhint("Name a table that does not exist, and stp_start_job creates it with the right columns.")));
-		atttype = get_atttype(relid, attnum);
-		if (atttype != col->type)
+		get_atttypetypmodcoll(relid, attnum, &atttype, &atttypmod, &attcoll);
+		if (atttype != col->type || atttypmod != col->typmod)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of result table %s has type %s, but the job's query produces %s",
-							col->name, relname, format_type_be(atttype),
-							format_type_be(col->type)),
+							col->name, relname, format_type_with_typemod(atttype, atttypmod),
+							format_type_with_typemod(col->type, col->typmod)),
+					 errdetail("A column of another type or type modifier would round or cut the job's values."),
+					 errhint("Name a table that does not exist, and stp_start_job creates it with the right columns.")));
+		if (attcoll != col->collation)
+			ereport(ERROR,
+					(errcode(ERRCODE_COLLATION_MISMATCH),
+					 errmsg("column \"%s\" of result table %s has collation %s, but the job's query produces %s",
+							col->name, relname,
+							OidIsValid(attcoll) ? get_collation_name(attcoll) : "none",
+							OidIsValid(col->collation) ? get_collation_name(col->collation) : "none"),
+					 errdetail("Another collation would merge groups that the query keeps apart, or split groups it merges."),
 					 errhint("Name a table that does not exist, and stp_start_job creates it with the right columns.")));
 	}
 
@@ -353,6 +392,7 @@ verify_result_table(Oid relid, List *columns, int nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
 				 errmsg("result table %s has no unique index on its group columns", relname),
+				 errdetail("The index must be unique, not deferrable, NULLS NOT DISTINCT, and use each column's own collation and default operator class."),
 				 errhint("Run CREATE UNIQUE INDEX ON %s (%s) NULLS NOT DISTINCT.",
 						 relname, key_column_list(columns, nkeys))));
 
@@ -462,6 +502,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	int			save_nestlevel;
 	int32		job_id;
 	List	   *kinds = NIL;
+	List	   *settings;
 	ListCell   *lc;
 
 	check_not_null(fcinfo, 0, "job_name");
@@ -510,7 +551,12 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errmsg("order_column must not be empty"),
 				 errhint("Pass NULL to let stp find the identity or bigserial column.")));
 
-	check_owner_can_login();
+	check_owner_can_login(GetUserId(), "Create the job as a role with LOGIN.");
+	if (!stp_catalog_has_column("jobs", "settings"))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the stp extension in this database is older than its library"),
+				 errhint("Run ALTER EXTENSION stp UPDATE.")));
 
 	SPI_connect();
 
@@ -538,8 +584,16 @@ stp_start_job(PG_FUNCTION_ARGS)
 	rv = makeRangeVarFromNameList(stringToQualifiedNameList(result_name));
 	result_relid = RangeVarGetRelid(rv, NoLock, true);
 
+	settings = stp_capture_job_settings();
 	save_nestlevel = NewGUCNestLevel();
 	stp_pin_settings();
+
+	if (get_rel_persistence(def.source) != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is an unlogged table", get_rel_name(def.source)),
+				 errdetail("A crash empties an unlogged table and resets its sequence, while the result table and the job's progress keep what was counted."),
+				 errhint("Run ALTER TABLE %s SET LOGGED.", stp_qualified_relname(def.source))));
 
 	start_offset = find_order_column(&def, order_column);
 	if (strcmp(start_from, "now") == 0)
@@ -549,6 +603,20 @@ stp_start_job(PG_FUNCTION_ARGS)
 
 		if (is_called)
 			start_offset = last;
+		ereport(NOTICE,
+				(errmsg("job \"%s\" counts the rows whose %s is above " INT64_FORMAT,
+						job_name, quote_identifier(def.order_column), start_offset)));
+	}
+	{
+		char	   *reason;
+
+		def.job_name = job_name;
+		def.result = def.source;	/* checked below */
+		reason = stp_check_job_tables(&def, start_offset);
+		if (reason)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("%s", reason)));
 	}
 
 	if (OidIsValid(result_relid))
@@ -586,11 +654,11 @@ stp_start_job(PG_FUNCTION_ARGS)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
 
 	{
-		Oid			types[17] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+		Oid			types[18] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
 			OIDOID, INT4OID, INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID};
-		Datum		values[17];
-		char		nulls[17];
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID};
+		Datum		values[18];
+		char		nulls[18];
 		bool		isnull;
 		int			ret;
 
@@ -615,15 +683,16 @@ stp_start_job(PG_FUNCTION_ARGS)
 			values[16] = CStringGetTextDatum(def.where_clause);
 		else
 			nulls[16] = 'n';
+		values[17] = text_array(settings);
 
 		ret = stp_catalog_exec("INSERT INTO stp.jobs (job_name, owner, query, source, "
 									"order_column, sequence, result_table, partitions, batch_size, "
 									"poll_interval, timezone, key_names, key_exprs, agg_names, "
-									"agg_kinds, agg_args, where_clause) VALUES ($1, $2::pg_catalog.regrole, "
+									"agg_kinds, agg_args, where_clause, settings) VALUES ($1, $2::pg_catalog.regrole, "
 									"$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
-									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
 									"RETURNING job_id",
-									17, types, values, nulls, false, 0);
+									18, types, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
@@ -709,6 +778,7 @@ stp_resume_job(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = lookup_job(job_name, true);
+	check_owner_can_login(job->owner, "Give the role LOGIN, or hand the job to another role with REASSIGN OWNED.");
 	values[0] = Int32GetDatum(job->job_id);
 	stp_catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id = $1",
 				 1, types, values, NULL, false, 0);
@@ -763,6 +833,29 @@ stp_drop_job(PG_FUNCTION_ARGS)
 }
 
 /*
+ * stp_wait waits for the transactions that write to the source or draw
+ * from its sequence.  A caller whose own transaction does either would
+ * wait for itself until the timeout, so it is told at once instead.
+ */
+static void
+check_not_own_writer(StpJobRef *job, const char *job_name)
+{
+	LOCKTAG		source_tag;
+	LOCKTAG		sequence_tag;
+
+	SET_LOCKTAG_RELATION(source_tag, MyDatabaseId, job->source);
+	SET_LOCKTAG_RELATION(sequence_tag, MyDatabaseId, job->sequence);
+	if (LockOrStrongerHeldByMe(&source_tag, RowExclusiveLock) ||
+		LockOrStrongerHeldByMe(&sequence_tag, RowExclusiveLock))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("stp_wait cannot wait for job \"%s\" in a transaction that wrote to its source or used its sequence",
+						job_name),
+				 errdetail("The job's workers wait for this transaction to end before they read past the ids it may have drawn."),
+				 errhint("Commit the transaction, then call stp_wait.")));
+}
+
+/*
  * stp_wait(job_name, timeout) returns true once every partition has
  * processed every row whose id was handed out before the call, false on
  * timeout.  It fails if the job has failed or is stopped.
@@ -796,6 +889,14 @@ stp_wait(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = lookup_job(job_name, false);
+	check_not_own_writer(job, job_name);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->source)) ||
+		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->sequence)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job \"%s\" has failed", job_name),
+				 errdetail("The job's source table or its sequence was dropped."),
+				 errhint("Drop the job with stp_drop_job('%s').", job_name)));
 	target = stp_sequence_last_value(job->sequence, &is_called);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	values[0] = Int32GetDatum(job->job_id);

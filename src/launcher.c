@@ -383,6 +383,38 @@ stp_start_partition(Oid dboid, Oid owner, int32 job_id, int32 partition)
 }
 
 /*
+ * A worker connects as its job's owner, and dies before it can record
+ * anything if the role was dropped or lost LOGIN.  So the starter fails
+ * such jobs' partitions first, with the reason, instead of starting
+ * workers that cannot connect.  A running worker keeps its connection.
+ */
+static void
+fail_jobs_without_owner(void)
+{
+	int			ret;
+
+	ret = SPI_execute("UPDATE stp.partitions p SET failed = true, last_error = "
+					  "CASE WHEN r.oid IS NULL THEN 'the job''s owner, role with OID ' "
+					  "OPERATOR(pg_catalog.||) j.owner::pg_catalog.oid::pg_catalog.text "
+					  "OPERATOR(pg_catalog.||) ', no longer exists' "
+					  "ELSE 'the job''s owner, role ' OPERATOR(pg_catalog.||) "
+					  "pg_catalog.quote_ident(r.rolname) OPERATOR(pg_catalog.||) "
+					  "', cannot log in, so no worker can connect as it' END "
+					  "FROM stp.jobs j LEFT JOIN pg_catalog.pg_authid r "
+					  "ON r.oid OPERATOR(pg_catalog.=) j.owner::pg_catalog.oid "
+					  "WHERE p.job_id OPERATOR(pg_catalog.=) j.job_id "
+					  "AND j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed "
+					  "AND (r.oid IS NULL OR NOT r.rolcanlogin)", false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark the jobs without an owner failed: %s",
+			 SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("stp: %d partitions failed because their job's owner was dropped or cannot log in",
+						(int) SPI_processed)));
+}
+
+/*
  * The starter: start the missing partition workers of one database.
  */
 void
@@ -412,10 +444,12 @@ stp_starter_main(Datum main_arg)
 	set_has_stp(dboid, true);
 
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	fail_jobs_without_owner();
 	ret = SPI_execute("SELECT j.job_id, j.owner::pg_catalog.oid, p.partition "
-					  "FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-					  "WHERE j.state = 'running' AND NOT p.failed "
-					  "ORDER BY j.job_id, p.partition", true, 0);
+					  "FROM stp.jobs j JOIN stp.partitions p "
+					  "ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+					  "WHERE j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed "
+					  "ORDER BY j.job_id, p.partition", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
 

@@ -341,9 +341,11 @@ stp_xact_callback(XactEvent event, void *arg)
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;
 			njobs_to_start = 0;
+			stp_forget_noted_relations();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			stp_forget_noted_relations();
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;

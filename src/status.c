@@ -15,6 +15,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
 #include "stp.h"
@@ -38,6 +39,8 @@ state_name(StpWorkerState state)
 			return "idle";
 		case STP_WS_RETRYING:
 			return "retrying";
+		case STP_WS_BLOCKED:
+			return "blocked";
 	}
 	return "unknown";
 }
@@ -70,7 +73,18 @@ stp_worker_slots(PG_FUNCTION_ARGS)
 		else
 			nulls[2] = true;
 		if (slot->pid > 0)
+		{
 			values[3] = CStringGetTextDatum(state_name(slot->state));
+			if (slot->state == STP_WS_BLOCKED && slot->blocker_pid > 0)
+			{
+				char	   *relname = get_rel_name(slot->blocker_relid);
+
+				values[4] = CStringGetTextDatum(psprintf("waiting for the transaction of pid %d to end: it holds a lock on %s, and may have drawn an id the job must not skip",
+														 (int) slot->blocker_pid,
+														 relname ? relname : "the job's source"));
+				nulls[4] = false;
+			}
+		}
 		else if (slot->pid < 0)
 			values[3] = CStringGetTextDatum("starting");
 		else
@@ -112,6 +126,9 @@ stp_sequence_last_value_sql(PG_FUNCTION_ARGS)
 				 errmsg("\"%s\" is not the sequence of an stp job",
 						get_rel_name(seqoid) ? get_rel_name(seqoid) : "?")));
 
+	/* A job whose source was dropped shows as failed, not as an error. */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(seqoid)))
+		PG_RETURN_NULL();
 	last = stp_sequence_last_value(seqoid, &is_called);
 
 	if (!is_called)

@@ -13,6 +13,7 @@
 
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -77,64 +78,25 @@ stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (prev_object_access_hook)
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 
-	if (access != OAT_DROP || stp_shared == NULL)
+	if (stp_shared == NULL)
 		return;
 
-	if (classId == ExtensionRelationId &&
+	if (access == OAT_DROP && classId == ExtensionRelationId &&
 		objectId == get_extension_oid("stp", true))
 		stp_stop_db_workers_at_commit();
-	else if (classId == DatabaseRelationId)
+	else if (access == OAT_DROP && classId == DatabaseRelationId)
 		stp_database_dropping(objectId);
+	else if (classId == RelationRelationId &&
+			 (access == OAT_DROP || access == OAT_POST_ALTER || access == OAT_TRUNCATE))
+		stp_note_relation(objectId, access == OAT_TRUNCATE);
 }
 
 /*
- * TRUNCATE of a job's source or result table would leave the result table
- * silently wrong, so the jobs that read or write the table fail, with the
- * reason, in the truncating transaction.  Their workers leave at commit.
- */
-static void
-fail_jobs_of_truncated(TruncateStmt *stmt)
-{
-	ListCell   *lc;
-
-	if (!IsTransactionState() || !OidIsValid(get_extension_oid("stp", true)))
-		return;
-
-	SPI_connect();
-	foreach(lc, stmt->relations)
-	{
-		Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
-		Oid			types[2] = {OIDOID, TEXTOID};
-		Datum		values[2];
-		int			ret;
-
-		if (!OidIsValid(relid))
-			continue;
-		values[0] = ObjectIdGetDatum(relid);
-		values[1] = CStringGetTextDatum(psprintf("table %s was truncated; the result table no longer matches the job's query",
-												 get_rel_name(relid)));
-		ret = stp_catalog_exec("UPDATE stp.partitions p SET failed = true, last_error = $2 "
-									"FROM stp.jobs j WHERE j.job_id = p.job_id "
-									"AND (j.source OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
-									"OR j.result_table OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) "
-									"RETURNING p.job_id",
-									2, types, values, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not mark the jobs of truncated table %u failed", relid);
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-
-			stp_stop_job_workers_at_commit(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-																	   SPI_tuptable->tupdesc,
-																	   1, &isnull)));
-		}
-	}
-	SPI_finish();
-}
-
-/*
- * ProcessUtility_hook: watch TRUNCATE, then run the statement as usual.
+ * ProcessUtility_hook: refuse to drop a role that owns a job; run the
+ * statement; then follow REASSIGN OWNED and DROP OWNED in the jobs, and
+ * check the jobs whose tables the statement touched or truncated (see
+ * guard.c).  ALTER TABLE ... SET DEFAULT changes no relation that the
+ * object access hook sees, so the altered table is noted here.
  */
 static void
 stp_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -142,8 +104,21 @@ stp_process_utility(PlannedStmt *pstmt, const char *queryString,
 					ParamListInfo params, QueryEnvironment *queryEnv,
 					DestReceiver *dest, QueryCompletion *qc)
 {
-	if (IsA(pstmt->utilityStmt, TruncateStmt) && stp_shared != NULL)
-		fail_jobs_of_truncated((TruncateStmt *) pstmt->utilityStmt);
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (stp_shared != NULL && IsA(stmt, DropRoleStmt))
+		stp_check_drop_role(((DropRoleStmt *) stmt)->roles);
+	if (stp_shared != NULL && IsTransactionState() &&
+		(IsA(stmt, AlterSeqStmt) || IsA(stmt, AlterTableStmt)) &&
+		OidIsValid(get_extension_oid("stp", true)))
+	{
+		RangeVar   *rv = IsA(stmt, AlterSeqStmt) ?
+		((AlterSeqStmt *) stmt)->sequence : ((AlterTableStmt *) stmt)->relation;
+		Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+
+		if (OidIsValid(relid))
+			stp_note_sequences_before(relid);
+	}
 
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
@@ -151,6 +126,23 @@ stp_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+
+	if (stp_shared == NULL || !IsTransactionState())
+		return;
+	if (IsA(stmt, AlterTableStmt))
+	{
+		Oid			relid = RangeVarGetRelid(((AlterTableStmt *) stmt)->relation,
+											 NoLock, true);
+
+		if (OidIsValid(relid))
+			stp_note_relation(relid, false);
+	}
+	else if (IsA(stmt, ReassignOwnedStmt))
+		stp_reassign_or_drop_owned(((ReassignOwnedStmt *) stmt)->roles,
+								   ((ReassignOwnedStmt *) stmt)->newrole);
+	else if (IsA(stmt, DropOwnedStmt))
+		stp_reassign_or_drop_owned(((DropOwnedStmt *) stmt)->roles, NULL);
+	stp_check_noted_relations();
 }
 
 void

@@ -35,7 +35,8 @@ typedef enum StpWorkerState
 	STP_WS_STARTING = 0,
 	STP_WS_RUNNING,				/* processing a backlog */
 	STP_WS_IDLE,				/* caught up, polling */
-	STP_WS_RETRYING				/* backing off after an error */
+	STP_WS_RETRYING,			/* backing off after an error */
+	STP_WS_BLOCKED				/* waiting for a transaction to end */
 } StpWorkerState;
 
 /*
@@ -57,6 +58,8 @@ typedef struct StpSlot
 	bool		no_worker_slot; /* last start found no free bgworker slot */
 	int			restarts;		/* starts since the last successful batch */
 	TimestampTz last_start;
+	pid_t		blocker_pid;	/* while blocked: whom the worker waits for */
+	Oid			blocker_relid;	/* ... and the relation it holds a lock on */
 } StpSlot;
 
 typedef struct StpDatabase
@@ -138,6 +141,7 @@ typedef struct StpJobDef
 	int64		batch_size;
 	int64		poll_interval_ms;
 	char	   *timezone;
+	List	   *settings;		/* of "name=value", the creator's settings */
 	List	   *key_names;		/* of char * */
 	List	   *key_exprs;		/* of char * */
 	List	   *agg_names;		/* of char * */
@@ -182,8 +186,22 @@ extern int	stp_catalog_exec(const char *sql, int nargs, Oid *types, Datum *value
 							 const char *nulls, bool read_only, long count);
 extern int	stp_catalog_exec_plan(struct _SPI_plan *plan, Datum *values);
 extern int64 stp_sequence_last_value(Oid seqoid, bool *is_called);
+extern int64 stp_sequence_high_water(Oid seqoid);
 extern void stp_pin_settings(void);
+extern List *stp_capture_job_settings(void);
+extern bool stp_catalog_has_column(const char *table, const char *column);
+extern void stp_apply_job_settings(StpJobDef *def);
+extern char *stp_check_job_tables(StpJobDef *def, int64 progress);
 extern char *stp_qualified_relname(Oid relid);
+
+/* guard.c */
+extern void stp_note_relation(Oid relid, bool truncated);
+extern void stp_forget_noted_relations(void);
+extern void stp_note_sequences_before(Oid relid);
+extern void stp_check_noted_relations(void);
+extern void stp_check_drop_role(List *roles);
+struct RoleSpec;
+extern void stp_reassign_or_drop_owned(List *roles, struct RoleSpec *newrole);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);

@@ -69,6 +69,8 @@ typedef struct StpWorker
 	SPIPlanPtr	lock_plan;
 	SPIPlanPtr	batch_plan;
 	SPIPlanPtr	progress_plan;
+	char	   *source_name;	/* the names the batch plan was made with */
+	char	   *result_name;
 	bool		recheck;		/* source or result table may have changed */
 	int64		offset;			/* committed progress */
 	int64		safe_upto;		/* every id <= this has settled */
@@ -198,8 +200,16 @@ wait_for_lockers(Oid relid)
 		if (proc != NULL && proc->lxid == vxids->localTransactionId &&
 			(proc->statusFlags & (PROC_IN_VACUUM | PROC_IS_AUTOVACUUM)))
 			continue;
+		if (VirtualXactLock(*vxids, false))
+			continue;
+		/* Show whom the partition waits for, in stp.job_status. */
+		worker.slot->blocker_pid = proc ? proc->pid : 0;
+		worker.slot->blocker_relid = relid;
+		set_slot_state(STP_WS_BLOCKED);
 		pgstat_report_activity(STATE_RUNNING, "stp: waiting for writers of the source");
 		VirtualXactLock(*vxids, true);
+		worker.slot->blocker_pid = 0;
+		set_slot_state(STP_WS_RUNNING);
 	}
 }
 
@@ -217,26 +227,40 @@ relation_changed(Datum arg, Oid relid)
 }
 
 /*
- * Check one result column's type against what the job's query produces now.
+ * Check one result column's type, type modifier and collation against what
+ * the job's query produces now: a numeric(10,0) column would round a
+ * numeric sum, and another collation would merge or split groups.
  */
 static void
-check_result_column(const char *name, Oid type)
+check_result_column(const char *name, Form_pg_attribute produced)
 {
 	AttrNumber	attnum = get_attnum(worker.def->result, name);
 	Oid			atttype;
+	int32		atttypmod;
+	Oid			attcoll;
 
 	if (attnum == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("result table %s has no column \"%s\" any more",
 						stp_qualified_relname(worker.def->result), name)));
-	atttype = get_atttype(worker.def->result, attnum);
-	if (atttype != type)
+	get_atttypetypmodcoll(worker.def->result, attnum, &atttype, &atttypmod, &attcoll);
+	if (atttype != produced->atttypid || atttypmod != produced->atttypmod)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("column \"%s\" of result table %s has type %s, but the job's query now produces %s",
 						name, stp_qualified_relname(worker.def->result),
-						format_type_be(atttype), format_type_be(type)),
+						format_type_with_typemod(atttype, atttypmod),
+						format_type_with_typemod(produced->atttypid, produced->atttypmod)),
+				 errdetail("The source or the result table was altered after the job was created.")));
+	if (attcoll != produced->attcollation)
+		ereport(ERROR,
+				(errcode(ERRCODE_COLLATION_MISMATCH),
+				 errmsg("column \"%s\" of result table %s has collation %s, but the job's query now produces %s",
+						name, stp_qualified_relname(worker.def->result),
+						OidIsValid(attcoll) ? get_collation_name(attcoll) : "none",
+						OidIsValid(produced->attcollation) ?
+						get_collation_name(produced->attcollation) : "none"),
 				 errdetail("The source or the result table was altered after the job was created.")));
 }
 
@@ -256,48 +280,88 @@ check_job_relations(void)
 	ListCell   *lc,
 			   *lc2;
 	int			col = 0;
-	HeapTuple	tup;
-	bool		rls;
 
 	worker.recheck = false;
-
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(def->source));
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the source table of job \"%s\" was dropped", def->job_name)));
-	rls = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity;
-	ReleaseSysCache(tup);
-	if (rls)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("source %s has row-level security enabled",
-						stp_qualified_relname(def->source)),
-				 errdetail("A job aggregates every row of its source, so it cannot honour row-level policies.")));
-	if (get_rel_name(def->result) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the result table of job \"%s\" was dropped", def->job_name)));
 
 	if (SPI_execute_with_args(stp_probe_sql(def), 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not check the job's column types");
 	desc = SPI_tuptable->tupdesc;
 	foreach(lc, def->key_names)
-		check_result_column(lfirst(lc), TupleDescAttr(desc, col++)->atttypid);
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++));
 	forboth(lc, def->agg_names, lc2, def->agg_kinds)
 	{
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
 
-		check_result_column(lfirst(lc), TupleDescAttr(desc, col++)->atttypid);
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++));
 		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
 		{
 			check_result_column(stp_avg_sum_column(lfirst(lc)),
-								TupleDescAttr(desc, col++)->atttypid);
+								TupleDescAttr(desc, col++));
 			check_result_column(stp_avg_count_column(lfirst(lc)),
-								TupleDescAttr(desc, col++)->atttypid);
+								TupleDescAttr(desc, col++));
 		}
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Prepare the batch statement with the current names of the job's tables,
+ * replacing the one made with their old names.
+ */
+static void
+prepare_batch_plan(StpJobDef *def)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	char	   *sql = stp_batch_sql(def, worker.args.partition);
+	SPIPlanPtr	plan;
+	MemoryContext old;
+
+	elog(DEBUG1, "stp job %d partition %d batch: %s",
+		 worker.args.job_id, worker.args.partition, sql);
+	plan = SPI_prepare(sql, 2, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the batch statement: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	if (worker.batch_plan)
+		SPI_freeplan(worker.batch_plan);
+	worker.batch_plan = plan;
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (worker.source_name)
+		pfree(worker.source_name);
+	if (worker.result_name)
+		pfree(worker.result_name);
+	worker.source_name = stp_qualified_relname(def->source);
+	worker.result_name = stp_qualified_relname(def->result);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Lock the job's tables by OID and check that they still are what the job
+ * was created on (guard.c), failing the partition with the reason if not.
+ * The batch statement names its tables, and a cached plan is re-analysed
+ * by name after a change; so if a table was renamed, the statement is
+ * prepared again with its new name.  With the locks held no rename can
+ * commit before the batch does, and a job never switches to another table
+ * that took the old name.
+ */
+static void
+guard_tables(void)
+{
+	StpJobDef  *def = worker.def;
+	char	   *reason;
+
+	LockRelationOid(def->source, AccessShareLock);
+	LockRelationOid(def->result, AccessShareLock);
+	reason = stp_check_job_tables(def, Max(worker.offset, worker.safe_upto));
+	if (reason)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s", reason)));
+	if (strcmp(stp_qualified_relname(def->source), worker.source_name) != 0 ||
+		strcmp(stp_qualified_relname(def->result), worker.result_name) != 0)
+		prepare_batch_plan(def);
 }
 
 /*
@@ -310,8 +374,6 @@ worker_setup(void)
 	char	   *state;
 	StpJobDef  *def;
 	Oid			types[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
-	Oid			batch_types[2] = {INT8OID, INT8OID};
-	char	   *sql;
 	bool		ok = true;
 	int			ret;
 
@@ -330,7 +392,7 @@ worker_setup(void)
 		Int32GetDatum(worker.args.partition)};
 		bool		isnull;
 
-		SetConfigOption("TimeZone", def->timezone, PGC_SUSET, PGC_S_OVERRIDE);
+		stp_apply_job_settings(def);
 
 		ret = stp_catalog_exec("SELECT processed_upto, failed FROM stp.partitions "
 							   "WHERE job_id = $1 AND partition = $2",
@@ -351,26 +413,17 @@ worker_setup(void)
 	if (ok)
 	{
 		SPIPlanPtr	lock_plan;
-		SPIPlanPtr	batch_plan;
 		SPIPlanPtr	progress_plan;
 
-		sql = stp_batch_sql(def, worker.args.partition);
-		elog(DEBUG1, "stp job %d partition %d batch: %s",
-			 worker.args.job_id, worker.args.partition, sql);
-		batch_plan = SPI_prepare(sql, 2, batch_types);
-		if (batch_plan == NULL)
-			elog(ERROR, "could not prepare the batch statement: %s",
-				 SPI_result_code_string(SPI_result));
+		prepare_batch_plan(def);
 		lock_plan = SPI_prepare(LOCK_SQL, 3, types);
 		progress_plan = SPI_prepare(PROGRESS_SQL, 4, types);
 		if (lock_plan == NULL || progress_plan == NULL)
 			elog(ERROR, "could not prepare the progress statements: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(lock_plan);
-		SPI_keepplan(batch_plan);
 		SPI_keepplan(progress_plan);
 		worker.lock_plan = lock_plan;
-		worker.batch_plan = batch_plan;
 		worker.progress_plan = progress_plan;
 		worker.def = def;
 	}
@@ -433,6 +486,8 @@ worker_step(bool *stop)
 			worker.safe_upto = last;
 		}
 	}
+
+	guard_tables();
 
 	if (worker.offset >= worker.safe_upto)
 	{
@@ -560,7 +615,8 @@ error_is_permanent(int sqlerrcode)
 		case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
 			return true;
 		default:
-			return false;
+			/* The job's tables are no longer what it was created on. */
+			return sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 	}
 }
 
@@ -629,6 +685,7 @@ stp_worker_main(Datum main_arg)
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("exit_on_error", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	{
 		char		appname[NAMEDATALEN];
 

@@ -1,0 +1,135 @@
+/* stp--1.1.sql: install script of the stp extension */
+
+\echo Use "CREATE EXTENSION stp" to load this file. \quit
+
+CREATE SCHEMA stp;
+GRANT USAGE ON SCHEMA stp TO PUBLIC;
+
+-- One row per job.  The expressions are deparsed with search_path =
+-- pg_catalog, so they are fully qualified.  state is what the job should
+-- do: running or stopped.  settings holds the creating session's values
+-- of the settings that change what the job's expressions evaluate to
+-- (TimeZone, DateStyle, lc_time, ...), as name=value; workers run with them.
+CREATE TABLE stp.jobs (
+    job_id        serial PRIMARY KEY,
+    job_name      text NOT NULL UNIQUE,
+    owner         regrole NOT NULL,
+    query         text NOT NULL,
+    source        regclass NOT NULL,
+    order_column  name NOT NULL,
+    sequence      regclass NOT NULL,
+    result_table  regclass NOT NULL,
+    partitions    int NOT NULL CHECK (partitions BETWEEN 1 AND 64),
+    batch_size    bigint NOT NULL CHECK (batch_size > 0),
+    poll_interval interval NOT NULL,
+    timezone      text NOT NULL,
+    key_names     text[] NOT NULL,
+    key_exprs     text[] NOT NULL,
+    agg_names     text[] NOT NULL,
+    agg_kinds     text[] NOT NULL,
+    agg_args      text[] NOT NULL,
+    where_clause  text,
+    state         text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'stopped')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    settings      text[] NOT NULL DEFAULT '{}'
+);
+
+-- One row per job partition: its progress commits with its results.
+CREATE TABLE stp.partitions (
+    job_id         int NOT NULL REFERENCES stp.jobs ON DELETE CASCADE,
+    partition      int NOT NULL,
+    processed_upto bigint NOT NULL,
+    rows_processed bigint NOT NULL DEFAULT 0,
+    last_batch_at  timestamptz,
+    failed         boolean NOT NULL DEFAULT false,
+    error_count    int NOT NULL DEFAULT 0,
+    last_error     text,
+    PRIMARY KEY (job_id, partition)
+) WITH (fillfactor = 50);
+
+SELECT pg_catalog.pg_extension_config_dump('stp.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('stp.jobs_job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('stp.partitions', '');
+
+GRANT SELECT ON stp.jobs, stp.partitions TO PUBLIC;
+
+CREATE FUNCTION stp.partition_of(nparts int, VARIADIC keys "any")
+RETURNS int
+AS 'MODULE_PATHNAME', 'stp_partition_of'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION stp.in_partition_support(internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'stp_in_partition_support'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION stp.in_partition(partition int, nparts int, VARIADIC keys "any")
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stp_in_partition'
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+SUPPORT stp.in_partition_support;
+
+CREATE FUNCTION stp.worker_slots(OUT job_id int, OUT partition int,
+                                 OUT pid int, OUT state text, OUT note text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stp_worker_slots'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION stp.sequence_last_value(regclass)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'stp_sequence_last_value_sql'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION stp_start_job(job_name text,
+                              query text,
+                              result_table text,
+                              partitions int DEFAULT 1,
+                              order_column text DEFAULT NULL,
+                              start_from text DEFAULT 'beginning',
+                              batch_size int DEFAULT 1000000,
+                              poll_interval interval DEFAULT '50 ms')
+RETURNS int
+AS 'MODULE_PATHNAME', 'stp_start_job'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION stp_stop_job(job_name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'stp_stop_job'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION stp_resume_job(job_name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'stp_resume_job'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION stp_drop_job(job_name text, drop_result boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'stp_drop_job'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION stp_wait(job_name text, timeout interval DEFAULT '1 minute')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stp_wait'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW stp.job_status AS
+SELECT j.job_name,
+       j.job_id,
+       p.partition,
+       w.pid,
+       CASE WHEN j.state = 'stopped' THEN 'stopped'
+            WHEN p.failed THEN 'failed'
+            WHEN w.state IS NOT NULL THEN w.state
+            ELSE 'waiting' END AS state,
+       p.processed_upto,
+       p.rows_processed,
+       GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
+                - p.processed_upto, 0) AS rows_behind,
+       p.last_batch_at,
+       COALESCE(p.last_error, w.note) AS last_error
+FROM stp.jobs j
+JOIN stp.partitions p ON p.job_id = j.job_id
+LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
+ORDER BY j.job_name, p.partition;
+
+GRANT SELECT ON stp.job_status TO PUBLIC;
