@@ -22,7 +22,7 @@ PGFILEDESC = "stp - parallel streaming aggregation"
 REGRESS = setup functions aggregates nulls windows partitions errors faults hardening
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
-ISOLATION = out_of_order
+ISOLATION = out_of_order blocked
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check_iso --load-extension=stp
 
 TAP_TESTS = 1
