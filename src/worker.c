@@ -570,18 +570,23 @@ worker_step(bool *stop)
 
 /*
  * Record an error in stp.partitions; mark the partition failed when the
- * worker gives up.
+ * worker gives up.  Returns false, recording nothing, if the job is no
+ * longer owned by the role the worker connected as (REASSIGN OWNED): the
+ * error came from the change of owner, and a worker that connects as the
+ * new owner takes over.
  */
-static void
+static bool
 record_error(const char *message, bool failed)
 {
-	Oid			argtypes[4] = {INT4OID, INT4OID, TEXTOID, BOOLOID};
-	Datum		args[4];
+	Oid			argtypes[5] = {INT4OID, INT4OID, TEXTOID, BOOLOID, OIDOID};
+	Datum		args[5];
+	bool		recorded;
 
 	args[0] = Int32GetDatum(worker.args.job_id);
 	args[1] = Int32GetDatum(worker.args.partition);
 	args[2] = CStringGetTextDatum(message);
 	args[3] = BoolGetDatum(failed);
+	args[4] = ObjectIdGetDatum(worker.args.owner);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -589,11 +594,16 @@ record_error(const char *message, bool failed)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	(void) stp_catalog_exec("UPDATE stp.partitions SET last_error = $3, "
 							"error_count = error_count + 1, failed = $4 "
-							"WHERE job_id = $1 AND partition = $2",
-							4, argtypes, args, NULL, false, 0);
+							"WHERE job_id OPERATOR(pg_catalog.=) $1 "
+							"AND partition OPERATOR(pg_catalog.=) $2 "
+							"AND EXISTS (SELECT 1 FROM stp.jobs j WHERE j.job_id OPERATOR(pg_catalog.=) $1 "
+							"AND j.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $5)",
+							5, argtypes, args, NULL, false, 0);
+	recorded = (SPI_processed > 0);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	return recorded;
 }
 
 /*
@@ -745,7 +755,8 @@ stp_worker_main(Datum main_arg)
 				psprintf("%s (%s)", edata->message, edata->detail) :
 				pstrdup(edata->message);
 			set_slot_state(STP_WS_RETRYING);
-			record_error(message, failures > stp_max_retries);
+			if (!record_error(message, failures > stp_max_retries))
+				proc_exit(0);
 			if (failures > stp_max_retries)
 			{
 				ereport(LOG,
