@@ -487,10 +487,10 @@ worker_step(bool *stop)
 		}
 	}
 
-	guard_tables();
-
 	if (worker.offset >= worker.safe_upto)
 	{
+		/* Caught up: still check the tables, so that a change shows now. */
+		guard_tables();
 		SPI_finish();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -528,6 +528,13 @@ worker_step(bool *stop)
 				 errmsg("progress of job %d partition %d moved under its worker",
 						worker.args.job_id, worker.args.partition)));
 	}
+
+	/*
+	 * Only now, holding the progress row, lock and check the tables: a
+	 * stp_drop_job that holds the job's rows and waits to drop the result
+	 * table then never waits for this worker while it waits for them.
+	 */
+	guard_tables();
 
 	pgstat_report_activity(STATE_RUNNING, "stp: batch");
 	values[0] = Int64GetDatum(worker.offset);
