@@ -8,7 +8,8 @@
  * only the extension's owner may write.  Workers and the SQL functions
  * run as the job's owner, so they reach the catalog, and the source's
  * sequence, by switching to the extension owner's identity for just those
- * statements, as a SECURITY DEFINER function would.
+ * statements, as a SECURITY DEFINER function with a pinned search_path
+ * would.  Every operator in that SQL is schema-qualified besides.
  *
  *-------------------------------------------------------------------------
  */
@@ -66,8 +67,19 @@ extension_owner(void)
 }
 
 /*
- * Switch to the extension owner's identity.  Undone by
- * stp_catalog_rights_end, or by transaction abort.
+ * Switch to the extension owner's identity, for stp's catalog statements
+ * only.  Undone by stp_catalog_rights_end, or by (sub)transaction abort.
+ *
+ * Nothing that runs with the owner's rights may depend on what a user
+ * controls: a caller's search_path could put an operator of its own in
+ * front of pg_catalog's "=", and the plan cache replans a kept statement
+ * under whatever path is current.  So every switch opens a GUC nest level
+ * with the settings pinned (search_path = pg_catalog, pg_temp and the
+ * output styles), whatever the session or a job's own code set before, and
+ * the nest level ends with the switch.  The switch is also a
+ * security-restricted operation, as for a maintenance command run as a
+ * table's owner: should any user code run inside it, it could not change
+ * its identity or leave anything behind that outlives the statement.
  */
 void
 stp_catalog_rights_begin(StpRights *save)
@@ -75,17 +87,21 @@ stp_catalog_rights_begin(StpRights *save)
 	Oid			owner = extension_owner();
 
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	save->nestlevel = NewGUCNestLevel();
+	stp_pin_settings();
 	SetUserIdAndSecContext(owner,
-						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 }
 
 /*
- * Return to the identity saved by stp_catalog_rights_begin.
+ * Return to the identity and settings saved by stp_catalog_rights_begin.
  */
 void
 stp_catalog_rights_end(StpRights *save)
 {
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+	AtEOXact_GUC(true, save->nestlevel);
 }
 
 /*
@@ -250,7 +266,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 								"result_table::pg_catalog.oid, partitions, batch_size, "
 								"(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
 								"timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-								"where_clause, state FROM stp.jobs WHERE job_id = $1",
+								"where_clause, state FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1",
 								1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));

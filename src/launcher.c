@@ -413,8 +413,8 @@ stp_starter_main(Datum main_arg)
 
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	ret = SPI_execute("SELECT j.job_id, j.owner::pg_catalog.oid, p.partition "
-					  "FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-					  "WHERE j.state = 'running' AND NOT p.failed "
+					  "FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+					  "WHERE j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed "
 					  "ORDER BY j.job_id, p.partition", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));

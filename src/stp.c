@@ -114,7 +114,7 @@ fail_jobs_of_truncated(TruncateStmt *stmt)
 		values[1] = CStringGetTextDatum(psprintf("table %s was truncated; the result table no longer matches the job's query",
 												 get_rel_name(relid)));
 		ret = stp_catalog_exec("UPDATE stp.partitions p SET failed = true, last_error = $2 "
-									"FROM stp.jobs j WHERE j.job_id = p.job_id "
+									"FROM stp.jobs j WHERE j.job_id OPERATOR(pg_catalog.=) p.job_id "
 									"AND (j.source OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
 									"OR j.result_table OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) "
 									"RETURNING p.job_id",

@@ -172,6 +172,7 @@ typedef struct StpRights
 {
 	Oid			userid;
 	int			sec_context;
+	int			nestlevel;		/* GUC nest level of the pinned settings */
 } StpRights;
 
 /* catalog.c */
