@@ -176,6 +176,7 @@ typedef struct StpRights
 } StpRights;
 
 /* catalog.c */
+struct _SPI_plan;
 extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
 extern void stp_catalog_rights_begin(StpRights *save);
 extern void stp_catalog_rights_end(StpRights *save);
