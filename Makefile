@@ -18,7 +18,7 @@ DATA = stp--1.0.sql
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 
-REGRESS = setup security volatility functions aggregates nulls windows partitions errors faults
+REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
 ISOLATION = out_of_order
