@@ -264,7 +264,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	ret = stp_catalog_exec("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 								"order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 								"result_table::pg_catalog.oid, partitions, batch_size, "
-								"(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
+								"(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 								"timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
 								"where_clause, state FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1",
 								1, argtypes, args, NULL, true, 1);
