@@ -8,7 +8,8 @@
  * only the extension's owner may write.  Workers and the SQL functions
  * run as the job's owner, so they reach the catalog, and the source's
  * sequence, by switching to the extension owner's identity for just those
- * statements, as a SECURITY DEFINER function would.
+ * statements, as a SECURITY DEFINER function with a pinned search_path
+ * would.  Every operator in that SQL is schema-qualified besides.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,8 +68,19 @@ extension_owner(void)
 }
 
 /*
- * Switch to the extension owner's identity.  Undone by
- * stp_catalog_rights_end, or by transaction abort.
+ * Switch to the extension owner's identity, for stp's catalog statements
+ * only.  Undone by stp_catalog_rights_end, or by (sub)transaction abort.
+ *
+ * Nothing that runs with the owner's rights may depend on what a user
+ * controls: a caller's search_path could put an operator of its own in
+ * front of pg_catalog's "=", and the plan cache replans a kept statement
+ * under whatever path is current.  So every switch opens a GUC nest level
+ * with the settings pinned (search_path = pg_catalog, pg_temp and the
+ * output styles), whatever the session or a job's own code set before, and
+ * the nest level ends with the switch.  The switch is also a
+ * security-restricted operation, as for a maintenance command run as a
+ * table's owner: should any user code run inside it, it could not change
+ * its identity or leave anything behind that outlives the statement.
  */
 void
 stp_catalog_rights_begin(StpRights *save)
@@ -76,17 +88,21 @@ stp_catalog_rights_begin(StpRights *save)
 	Oid			owner = extension_owner();
 
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	save->nestlevel = NewGUCNestLevel();
+	stp_pin_settings();
 	SetUserIdAndSecContext(owner,
-						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 }
 
 /*
- * Return to the identity saved by stp_catalog_rights_begin.
+ * Return to the identity and settings saved by stp_catalog_rights_begin.
  */
 void
 stp_catalog_rights_end(StpRights *save)
 {
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+	AtEOXact_GUC(true, save->nestlevel);
 }
 
 /*
@@ -187,6 +203,18 @@ stp_pin_settings(void)
 }
 
 /*
+ * Set one of a worker's settings, above any role or database setting;
+ * with save, only for the current GUC nest level.
+ */
+static void
+apply_setting(const char *name, const char *value, bool save)
+{
+	(void) set_config_option(name, value, PGC_SUSET, PGC_S_OVERRIDE,
+							 save ? GUC_ACTION_SAVE : GUC_ACTION_SET,
+							 true, 0, false);
+}
+
+/*
  * The calling session's values of the job settings, as "name=value"
  * strings for stp.jobs.settings.
  */
@@ -204,19 +232,22 @@ stp_capture_job_settings(void)
 }
 
 /*
- * Fix a worker's settings for the life of the process, above any role or
- * database setting: the parse settings, then the job's own settings (a
- * job created before they were recorded has only its TimeZone).
+ * Fix a worker's settings above any role or database setting: the parse
+ * settings, then the job's own settings (def may be NULL before the job is
+ * loaded; a job created before settings were recorded has only its
+ * TimeZone).  With save, only for the current GUC nest level; else for
+ * the life of the process.
  */
 void
-stp_apply_job_settings(StpJobDef *def)
+stp_apply_job_settings(StpJobDef *def, bool save)
 {
 	ListCell   *lc;
 
 	for (int i = 0; i < lengthof(stp_parse_settings); i++)
-		SetConfigOption(stp_parse_settings[i][0], stp_parse_settings[i][1],
-						PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("TimeZone", def->timezone, PGC_SUSET, PGC_S_OVERRIDE);
+		apply_setting(stp_parse_settings[i][0], stp_parse_settings[i][1], save);
+	if (def == NULL)
+		return;
+	apply_setting("TimeZone", def->timezone, save);
 	foreach(lc, def->settings)
 	{
 		char	   *item = pstrdup(lfirst(lc));
@@ -225,7 +256,7 @@ stp_apply_job_settings(StpJobDef *def)
 		if (eq == NULL)
 			continue;
 		*eq = '\0';
-		SetConfigOption(item, eq + 1, PGC_SUSET, PGC_S_OVERRIDE);
+		apply_setting(item, eq + 1, save);
 		pfree(item);
 	}
 }
@@ -370,7 +401,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
-				   "(pg_catalog.date_part('epoch', poll_interval) * 1000)::pg_catalog.int8, "
+				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
 				   "where_clause, state, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",

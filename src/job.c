@@ -166,12 +166,12 @@ find_order_column(StpJobDef *def, const char *requested)
 	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text, s.seqrelid, s.seqcache, "
 							  "s.seqincrement, s.seqcycle, s.seqmin, a.atttypid "
 							  "FROM pg_catalog.pg_depend d "
-							  "JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid "
-							  "JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid "
-							  "AND a.attnum = d.refobjsubid "
-							  "WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-							  "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-							  "AND d.refobjid = $1 AND d.deptype OPERATOR(pg_catalog.=) ANY ('{a,i}'::pg_catalog.\"char\"[]) "
+							  "JOIN pg_catalog.pg_sequence s ON s.seqrelid OPERATOR(pg_catalog.=) d.objid "
+							  "JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid "
+							  "AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid "
+							  "WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  "AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  "AND d.refobjid OPERATOR(pg_catalog.=) $1 AND d.deptype OPERATOR(pg_catalog.=) ANY ('{a,i}'::pg_catalog.\"char\"[]) "
 							  "AND NOT a.attisdropped ORDER BY a.attnum",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the sequences of table \"%s\"", relname);
@@ -564,7 +564,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 		Oid			types[1] = {TEXTOID};
 		Datum		values[1] = {CStringGetTextDatum(job_name)};
 
-		stp_catalog_exec("SELECT 1 FROM stp.jobs WHERE job_name = $1", 1, types, values, NULL, true, 0);
+		stp_catalog_exec("SELECT 1 FROM stp.jobs WHERE job_name OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, true, 0);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -705,7 +705,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 		values[1] = Int64GetDatum(start_offset);
 		values[2] = Int32GetDatum(def.partitions);
 		ret = stp_catalog_exec("INSERT INTO stp.partitions (job_id, partition, processed_upto) "
-									"SELECT $1, g, $2 FROM pg_catalog.generate_series(0, $3 - 1) g",
+									"SELECT $1, g, $2 FROM pg_catalog.generate_series(0, $3 OPERATOR(pg_catalog.-) 1) g",
 									3, types, values, NULL, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "could not insert into stp.partitions");
@@ -752,7 +752,7 @@ stp_stop_job(PG_FUNCTION_ARGS)
 	else
 	{
 		values[0] = Int32GetDatum(job->job_id);
-		stp_catalog_exec("UPDATE stp.jobs SET state = 'stopped' WHERE job_id = $1",
+		stp_catalog_exec("UPDATE stp.jobs SET state = 'stopped' WHERE job_id OPERATOR(pg_catalog.=) $1",
 					 1, types, values, NULL, false, 0);
 	}
 	SPI_finish();
@@ -780,10 +780,10 @@ stp_resume_job(PG_FUNCTION_ARGS)
 	job = lookup_job(job_name, true);
 	check_owner_can_login(job->owner, "Give the role LOGIN, or hand the job to another role with REASSIGN OWNED.");
 	values[0] = Int32GetDatum(job->job_id);
-	stp_catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id = $1",
+	stp_catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id OPERATOR(pg_catalog.=) $1",
 				 1, types, values, NULL, false, 0);
 	stp_catalog_exec("UPDATE stp.partitions SET failed = false, error_count = 0, last_error = NULL "
-				 "WHERE job_id = $1", 1, types, values, NULL, false, 0);
+				 "WHERE job_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0);
 	partitions = (int32) SPI_processed;
 	SPI_finish();
 
@@ -813,7 +813,7 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	SPI_connect();
 	job = lookup_job(job_name, true);
 	values[0] = Int32GetDatum(job->job_id);
-	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id = $1", 1, types, values, NULL, false, 0);
+	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0);
 
 	if (drop_result && get_rel_name(job->result) != NULL)
 	{
@@ -909,11 +909,11 @@ stp_wait(PG_FUNCTION_ARGS)
 		bool		isnull;
 		char	   *state;
 
-		stp_catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto >= $2), "
+		stp_catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto OPERATOR(pg_catalog.>=) $2), "
 					 "pg_catalog.bool_or(p.failed), "
 					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed) "
-					 "FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-					 "WHERE j.job_id = $1 GROUP BY j.state",
+					 "FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+					 "WHERE j.job_id OPERATOR(pg_catalog.=) $1 GROUP BY j.state",
 					 2, types, values, NULL, false, 0);
 		if (SPI_processed == 0)
 			ereport(ERROR,

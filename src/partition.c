@@ -11,11 +11,14 @@
  * opclass function, which agrees with its equality (0.0 and -0.0, 1.0 and
  * 1.00, NaN), and XXH3 then mixes those 64-bit hashes.  A NULL key is
  * hashed as a tag of its own, so NULLs form one group on one partition.
+ * The keys come one per argument, or as one ROW(...) (see build_route_cache).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/tupdesc.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -53,6 +56,9 @@ typedef struct StpKeyHasher
 typedef struct StpRouteCache
 {
 	int			nkeys;
+	TupleDesc	row_desc;		/* the keys come as one ROW(...), or NULL */
+	Datum	   *row_values;
+	bool	   *row_nulls;
 	StringInfoData buf;
 	StpKeyHasher keys[FLEXIBLE_ARRAY_MEMBER];
 } StpRouteCache;
@@ -105,13 +111,22 @@ stp_type_routable(Oid typid, Oid collid)
 /*
  * Decide, once per call site, how each key argument is hashed: by its bytes
  * or by its type's extended hash function, with its own collation.
+ *
+ * The keys may also come as a single ROW(k0, k1, ...) argument.  A
+ * VARIADIC "any" call merges its arguments' collations, so two keys with
+ * different explicit collations (a COLLATE "C", b COLLATE "POSIX") cannot
+ * be passed one by one; the members of a ROW keep their own.  A ROW's
+ * members are hashed exactly as the same keys passed one by one, so both
+ * spellings route a group to the same partition.
  */
 static StpRouteCache *
 build_route_cache(FunctionCallInfo fcinfo, int first_key)
 {
 	FuncExpr   *fexpr = (FuncExpr *) fcinfo->flinfo->fn_expr;
-	int			nkeys = PG_NARGS() - first_key;
+	List	   *args;
+	int			nkeys;
 	StpRouteCache *cache;
+	TupleDesc	row_desc = NULL;
 	MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 
 	if (fexpr == NULL || !IsA(fexpr, FuncExpr) || list_length(fexpr->args) != PG_NARGS())
@@ -119,19 +134,60 @@ build_route_cache(FunctionCallInfo fcinfo, int first_key)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("stp.partition_of() must be called with its arguments spelled out")));
 
+	args = list_copy_tail(fexpr->args, first_key);
+	if (list_length(args) == 1 && IsA(linitial(args), RowExpr))
+	{
+		args = ((RowExpr *) linitial(args))->args;
+		row_desc = CreateTemplateTupleDesc(list_length(args));
+		for (int i = 0; i < list_length(args); i++)
+		{
+			TupleDescInitEntry(row_desc, (AttrNumber) (i + 1), NULL,
+							   exprType(list_nth(args, i)),
+							   exprTypmod(list_nth(args, i)), 0);
+			TupleDescInitEntryCollation(row_desc, (AttrNumber) (i + 1),
+										exprCollation(list_nth(args, i)));
+		}
+	}
+	else if (list_length(args) == 1 && IsA(linitial(args), Const) &&
+			 !((Const *) linitial(args))->constisnull &&
+			 type_is_rowtype(exprType(linitial(args))))
+	{
+		/* A ROW of constants, folded by the planner: its row type tells. */
+		HeapTupleHeader td = DatumGetHeapTupleHeader(((Const *) linitial(args))->constvalue);
+
+		row_desc = lookup_rowtype_tupdesc_copy(HeapTupleHeaderGetTypeId(td),
+											   HeapTupleHeaderGetTypMod(td));
+	}
+	nkeys = row_desc ? row_desc->natts : list_length(args);
+
 	cache = palloc0(offsetof(StpRouteCache, keys) + nkeys * sizeof(StpKeyHasher));
 	cache->nkeys = nkeys;
+	cache->row_desc = row_desc;
+	if (row_desc)
+	{
+		cache->row_values = palloc(sizeof(Datum) * Max(nkeys, 1));
+		cache->row_nulls = palloc(sizeof(bool) * Max(nkeys, 1));
+	}
 	initStringInfo(&cache->buf);
 
 	for (int i = 0; i < nkeys; i++)
 	{
-		Node	   *arg = list_nth(fexpr->args, i + first_key);
-		Oid			typid = exprType(arg);
-		Oid			collid = exprCollation(arg);
+		Oid			typid;
+		Oid			collid;
 		StpKeyHasher *k = &cache->keys[i];
 		int16		typlen;
 		bool		typbyval;
 
+		if (row_desc)
+		{
+			typid = TupleDescAttr(row_desc, i)->atttypid;
+			collid = TupleDescAttr(row_desc, i)->attcollation;
+		}
+		else
+		{
+			typid = exprType(list_nth(args, i));
+			collid = exprCollation(list_nth(args, i));
+		}
 		get_typlenbyval(typid, &typlen, &typbyval);
 		k->typlen = typlen;
 		k->collation = collid;
@@ -154,6 +210,54 @@ build_route_cache(FunctionCallInfo fcinfo, int first_key)
 	}
 	MemoryContextSwitchTo(old);
 	return cache;
+}
+
+/*
+ * Append one key value, tagged, to the bytes that are hashed.
+ */
+static void
+append_key(StringInfo buf, StpKeyHasher *k, Datum value, bool isnull)
+{
+	char		tag;
+
+	if (isnull)
+	{
+		tag = 'N';
+		appendBinaryStringInfo(buf, &tag, 1);
+		return;
+	}
+	tag = 'V';
+	appendBinaryStringInfo(buf, &tag, 1);
+	switch (k->method)
+	{
+		case STP_HASH_BYVAL:
+			appendBinaryStringInfo(buf, (char *) &value, k->typlen);
+			break;
+		case STP_HASH_FIXED:
+			appendBinaryStringInfo(buf, DatumGetPointer(value), k->typlen);
+			break;
+		case STP_HASH_VARLENA:
+			{
+				struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
+				uint32		len = VARSIZE_ANY_EXHDR(v);
+
+				appendBinaryStringInfo(buf, (char *) &len, sizeof(len));
+				appendBinaryStringInfo(buf, VARDATA_ANY(v), len);
+				if ((Pointer) v != DatumGetPointer(value))
+					pfree(v);
+			}
+			break;
+		case STP_HASH_TYPE:
+			{
+				uint64		th = DatumGetUInt64(FunctionCall2Coll(k->hash_finfo,
+																  k->collation,
+																  value,
+																  UInt64GetDatum(0)));
+
+				appendBinaryStringInfo(buf, (char *) &th, sizeof(th));
+			}
+			break;
+	}
 }
 
 /*
@@ -180,50 +284,35 @@ route(FunctionCallInfo fcinfo, int first_key, int32 nparts)
 	buf = &cache->buf;
 	resetStringInfo(buf);
 
-	for (int i = 0; i < cache->nkeys; i++)
+	if (cache->row_desc)
 	{
-		StpKeyHasher *k = &cache->keys[i];
-		Datum		value = PG_GETARG_DATUM(i + first_key);
-		char		tag;
-
-		if (PG_ARGISNULL(i + first_key))
+		/* One ROW(...) of the keys; a NULL row counts as all keys NULL. */
+		if (PG_ARGISNULL(first_key))
 		{
-			tag = 'N';
-			appendBinaryStringInfo(buf, &tag, 1);
-			continue;
+			for (int i = 0; i < cache->nkeys; i++)
+				append_key(buf, &cache->keys[i], (Datum) 0, true);
 		}
-		tag = 'V';
-		appendBinaryStringInfo(buf, &tag, 1);
-		switch (k->method)
+		else
 		{
-			case STP_HASH_BYVAL:
-				appendBinaryStringInfo(buf, (char *) &value, k->typlen);
-				break;
-			case STP_HASH_FIXED:
-				appendBinaryStringInfo(buf, DatumGetPointer(value), k->typlen);
-				break;
-			case STP_HASH_VARLENA:
-				{
-					struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
-					uint32		len = VARSIZE_ANY_EXHDR(v);
+			HeapTupleHeader td = PG_GETARG_HEAPTUPLEHEADER(first_key);
+			HeapTupleData tuple;
 
-					appendBinaryStringInfo(buf, (char *) &len, sizeof(len));
-					appendBinaryStringInfo(buf, VARDATA_ANY(v), len);
-					if ((Pointer) v != DatumGetPointer(value))
-						pfree(v);
-				}
-				break;
-			case STP_HASH_TYPE:
-				{
-					uint64		th = DatumGetUInt64(FunctionCall2Coll(k->hash_finfo,
-																	  k->collation,
-																	  value,
-																	  UInt64GetDatum(0)));
-
-					appendBinaryStringInfo(buf, (char *) &th, sizeof(th));
-				}
-				break;
+			tuple.t_len = HeapTupleHeaderGetDatumLength(td);
+			ItemPointerSetInvalid(&tuple.t_self);
+			tuple.t_tableOid = InvalidOid;
+			tuple.t_data = td;
+			heap_deform_tuple(&tuple, cache->row_desc, cache->row_values,
+							  cache->row_nulls);
+			for (int i = 0; i < cache->nkeys; i++)
+				append_key(buf, &cache->keys[i], cache->row_values[i],
+						   cache->row_nulls[i]);
 		}
+	}
+	else
+	{
+		for (int i = 0; i < cache->nkeys; i++)
+			append_key(buf, &cache->keys[i], PG_GETARG_DATUM(i + first_key),
+					   PG_ARGISNULL(i + first_key));
 	}
 
 	h = XXH3_64bits(buf->data, buf->len);

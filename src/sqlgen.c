@@ -15,6 +15,7 @@
 
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "stp.h"
 
@@ -116,6 +117,42 @@ append_joined(StringInfo buf, List *items)
 }
 
 /*
+ * Do the job's keys have two or more collations, as their result table
+ * columns say?  Keys with different explicit collations (a COLLATE "C",
+ * b COLLATE "POSIX") cannot be arguments of one VARIADIC call, which
+ * merges its arguments' collations, so the routing call then gets the
+ * keys as one ROW(...), whose members keep their own collations.  Other
+ * jobs pass their keys one by one: forming and taking apart a row per
+ * source row doubled the routing filter's cost (0.33 s against 0.66 s
+ * for 2 million rows of two text keys).
+ */
+static bool
+keys_have_collations(StpJobDef *def)
+{
+	ListCell   *lc;
+	Oid			first = InvalidOid;
+
+	foreach(lc, def->key_names)
+	{
+		AttrNumber	attnum = get_attnum(def->result, lfirst(lc));
+		Oid			typid;
+		int32		typmod;
+		Oid			collid;
+
+		if (attnum == InvalidAttrNumber)
+			continue;
+		get_atttypetypmodcoll(def->result, attnum, &typid, &typmod, &collid);
+		if (!OidIsValid(collid))
+			continue;
+		if (!OidIsValid(first))
+			first = collid;
+		else if (collid != first)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Append the SELECT that aggregates one partition's groups of a batch.
  * Its columns are k0.. for the keys, a0.. for the aggregates, s<i> and
  * n<i> for avg's state, and _rows, the number of source rows, unless the
@@ -190,10 +227,14 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		appendStringInfo(&buf, " AND (%s)", def->where_clause);
 	if (def->partitions > 1)
 	{
-		appendStringInfo(&buf, " AND stp.in_partition(%d, %d", partition, def->partitions);
+		bool		as_row = keys_have_collations(def);
+
+		appendStringInfo(&buf, " AND stp.in_partition(%d, %d, %s", partition,
+						 def->partitions, as_row ? "ROW(" : "");
 		foreach(lc, def->key_exprs)
-			appendStringInfo(&buf, ", %s", (char *) lfirst(lc));
-		appendStringInfoChar(&buf, ')');
+			appendStringInfo(&buf, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+							 (char *) lfirst(lc));
+		appendStringInfoString(&buf, as_row ? "))" : ")");
 	}
 	appendStringInfoString(&buf, " GROUP BY ");
 	for (i = 0; i < nkeys; i++)

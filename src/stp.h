@@ -176,9 +176,11 @@ typedef struct StpRights
 {
 	Oid			userid;
 	int			sec_context;
+	int			nestlevel;		/* GUC nest level of the pinned settings */
 } StpRights;
 
 /* catalog.c */
+struct _SPI_plan;
 extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
 extern void stp_catalog_rights_begin(StpRights *save);
 extern void stp_catalog_rights_end(StpRights *save);
@@ -190,7 +192,7 @@ extern int64 stp_sequence_high_water(Oid seqoid);
 extern void stp_pin_settings(void);
 extern List *stp_capture_job_settings(void);
 extern bool stp_catalog_has_column(const char *table, const char *column);
-extern void stp_apply_job_settings(StpJobDef *def);
+extern void stp_apply_job_settings(StpJobDef *def, bool save);
 extern char *stp_check_job_tables(StpJobDef *def, int64 progress);
 extern char *stp_qualified_relname(Oid relid);
 

@@ -87,15 +87,36 @@ static StpWorker worker;
  * commits twice.
  */
 #define LOCK_SQL \
-	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id = p.job_id " \
-	"WHERE p.job_id = $1 AND p.partition = $2 AND p.processed_upto = $3 " \
-	"AND j.state = 'running' AND NOT p.failed FOR UPDATE OF p"
+	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id OPERATOR(pg_catalog.=) p.job_id " \
+	"WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 " \
+	"AND p.processed_upto OPERATOR(pg_catalog.=) $3 " \
+	"AND j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed FOR UPDATE OF p"
 
 #define PROGRESS_SQL \
 	"UPDATE stp.partitions SET processed_upto = $3, " \
-	"rows_processed = rows_processed + $4, last_batch_at = pg_catalog.now(), " \
+	"rows_processed = rows_processed OPERATOR(pg_catalog.+) $4, last_batch_at = pg_catalog.now(), " \
 	"last_error = NULL, error_count = 0 " \
-	"WHERE job_id = $1 AND partition = $2"
+	"WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2"
+
+/*
+ * Open a GUC nest level with the worker's settings pinned: the names its
+ * statements resolve and how they parse (the fixed parse settings), and
+ * the job's own settings (TimeZone, DateStyle, ...), which the worker
+ * evaluates with.  Code of the job (a function in its WHERE clause) runs
+ * as the job's owner and may change a setting for the rest of the session
+ * with set_config(); pinned again at the start of every transaction, such
+ * a change never reaches how the next batch is planned or computed.
+ * The caller ends the level with AtEOXact_GUC before it commits; an
+ * abort ends it too.
+ */
+static int
+pin_worker_settings(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	stp_apply_job_settings(worker.def, true);
+	return nestlevel;
+}
 
 /*
  * Register a dynamic background worker for one partition.  Returns false
@@ -376,9 +397,11 @@ worker_setup(void)
 	Oid			types[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
 	bool		ok = true;
 	int			ret;
+	int			nestlevel;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	nestlevel = pin_worker_settings();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
@@ -392,10 +415,10 @@ worker_setup(void)
 		Int32GetDatum(worker.args.partition)};
 		bool		isnull;
 
-		stp_apply_job_settings(def);
+		stp_apply_job_settings(def, false);
 
 		ret = stp_catalog_exec("SELECT processed_upto, failed FROM stp.partitions "
-							   "WHERE job_id = $1 AND partition = $2",
+							   "WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 							   2, argtypes, args, NULL, true, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			ok = false;
@@ -430,6 +453,7 @@ worker_setup(void)
 
 	PopActiveSnapshot();
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	CommitTransactionCommand();
 	return ok;
 }
@@ -446,8 +470,9 @@ job_still_running(void)
 	Int32GetDatum(worker.args.partition)};
 	int			ret;
 
-	ret = stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p USING (job_id) "
-						   "WHERE j.job_id = $1 AND p.partition = $2 AND j.state = 'running' "
+	ret = stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+						   "WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 "
+						   "AND j.state OPERATOR(pg_catalog.=) 'running' "
 						   "AND NOT p.failed",
 						   2, argtypes, args, NULL, false, 1);
 	return ret == SPI_OK_SELECT && SPI_processed == 1;
@@ -466,10 +491,12 @@ worker_step(bool *stop)
 	Datum		values[4];
 	bool		isnull;
 	int			ret;
+	int			nestlevel;
 
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	nestlevel = pin_worker_settings();
 	SPI_connect();
 
 	if (worker.offset >= worker.safe_upto)
@@ -492,6 +519,7 @@ worker_step(bool *stop)
 		/* Caught up: still check the tables, so that a change shows now. */
 		guard_tables();
 		SPI_finish();
+		AtEOXact_GUC(true, nestlevel);
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return false;
@@ -563,6 +591,7 @@ worker_step(bool *stop)
 
 	PopActiveSnapshot();
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -600,7 +629,7 @@ record_error(const char *message, bool failed)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	(void) stp_catalog_exec("UPDATE stp.partitions SET last_error = $3, "
-							"error_count = error_count + 1, failed = $4 "
+							"error_count = error_count OPERATOR(pg_catalog.+) 1, failed = $4 "
 							"WHERE job_id OPERATOR(pg_catalog.=) $1 "
 							"AND partition OPERATOR(pg_catalog.=) $2 "
 							"AND EXISTS (SELECT 1 FROM stp.jobs j WHERE j.job_id OPERATOR(pg_catalog.=) $1 "
