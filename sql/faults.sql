@@ -2,19 +2,6 @@
 -- carries the reason; nothing is merged wrongly, and other jobs go on.
 SET client_min_messages = warning;
 
--- Wait until a job's partitions are all failed; returns their last errors.
-CREATE FUNCTION stp_test_failed(job text) RETURNS SETOF text LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..600 LOOP
-        IF NOT EXISTS (SELECT 1 FROM stp.job_status WHERE job_name = job AND state <> 'failed') THEN
-            RETURN QUERY SELECT DISTINCT last_error FROM stp.job_status WHERE job_name = job;
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-    RAISE EXCEPTION 'job % did not fail', job;
-END $$;
-
 CREATE TABLE f_alter (id bigserial, k int, v int);
 CREATE TABLE f_trunc (id bigserial, k int, v int);
 CREATE TABLE f_drop (id bigserial, k int, v int);
@@ -85,4 +72,3 @@ SELECT stp_drop_job('j_drop');
 DROP TABLE f_alter, f_trunc, f_drop, f_rls, f_revoke, f_ok;
 REVOKE CREATE ON SCHEMA public FROM regress_stp_revoked;
 DROP ROLE regress_stp_revoked;
-DROP FUNCTION stp_test_failed(text);

@@ -3,19 +3,6 @@
 -- keeps the result exact or fails the job with the reason.
 SET client_min_messages = warning;
 
--- Wait until a job's partitions are all failed; returns their last errors.
-CREATE FUNCTION stp_test_failed(job text) RETURNS SETOF text LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..600 LOOP
-        IF NOT EXISTS (SELECT 1 FROM stp.job_status WHERE job_name = job AND state <> 'failed') THEN
-            RETURN QUERY SELECT DISTINCT last_error FROM stp.job_status WHERE job_name = job;
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-    RAISE EXCEPTION 'job % did not fail', job;
-END $$;
-
 -- The state of a job's partitions, right now.
 CREATE FUNCTION stp_test_state(job text) RETURNS TABLE (state text, last_error text)
 LANGUAGE sql AS $$
@@ -260,5 +247,4 @@ DROP TABLE r_cache, r_default, r_restart, r_setval, r_num_typmod, r_coll, r_coll
     r_deferrable, r_coll_ok, r_num, r_str, r_str2, r_dates, r_fact, r_child, r_gone,
     r_ren, r_ren_old;
 DROP COLLATION h_ci;
-DROP FUNCTION stp_test_failed(text);
 DROP FUNCTION stp_test_state(text);

@@ -22,5 +22,18 @@ RETURNS TABLE (col name, type text) LANGUAGE sql AS $$
     ORDER BY attnum
 $$;
 
+-- Wait until a job's partitions are all failed; returns their last errors.
+CREATE FUNCTION stp_test_failed(job text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        IF NOT EXISTS (SELECT 1 FROM stp.job_status WHERE job_name = job AND state <> 'failed') THEN
+            RETURN QUERY SELECT DISTINCT last_error FROM stp.job_status WHERE job_name = job;
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'job % did not fail', job;
+END $$;
+
 SELECT extname FROM pg_extension WHERE extname = 'stp';
 SHOW shared_preload_libraries;
