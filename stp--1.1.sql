@@ -133,3 +133,9 @@ LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partit
 ORDER BY j.job_name, p.partition;
 
 GRANT SELECT ON stp.job_status TO PUBLIC;
+
+-- ---- Query shapes (FILTER, result views, more aggregates) ----
+
+-- The FILTER condition of each aggregate in agg_names, NULL where it has
+-- none; the whole column is NULL for jobs created without it.
+ALTER TABLE stp.jobs ADD COLUMN agg_filters text[];

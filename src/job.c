@@ -552,7 +552,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL to let stp find the identity or bigserial column.")));
 
 	check_owner_can_login(GetUserId(), "Create the job as a role with LOGIN.");
-	if (!stp_catalog_has_column("jobs", "settings"))
+	if (!stp_catalog_has_column("jobs", "settings") ||
+		!stp_catalog_has_column("jobs", "agg_filters"))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the stp extension in this database is older than its library"),
@@ -654,11 +655,11 @@ stp_start_job(PG_FUNCTION_ARGS)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
 
 	{
-		Oid			types[18] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+		Oid			types[19] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
 			OIDOID, INT4OID, INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID};
-		Datum		values[18];
-		char		nulls[18];
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
+		Datum		values[19];
+		char		nulls[19];
 		bool		isnull;
 		int			ret;
 
@@ -684,15 +685,16 @@ stp_start_job(PG_FUNCTION_ARGS)
 		else
 			nulls[16] = 'n';
 		values[17] = text_array(settings);
+		values[18] = text_array(def.agg_filters);
 
 		ret = stp_catalog_exec("INSERT INTO stp.jobs (job_name, owner, query, source, "
 									"order_column, sequence, result_table, partitions, batch_size, "
 									"poll_interval, timezone, key_names, key_exprs, agg_names, "
-									"agg_kinds, agg_args, where_clause, settings) VALUES ($1, $2::pg_catalog.regrole, "
+									"agg_kinds, agg_args, where_clause, settings, agg_filters) VALUES ($1, $2::pg_catalog.regrole, "
 									"$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
-									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
+									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
 									"RETURNING job_id",
-									18, types, values, nulls, false, 0);
+									19, types, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],

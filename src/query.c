@@ -487,8 +487,6 @@ classify_aggregate(Aggref *agg, const char *colname)
 	nsp = proc->pronamespace;
 	ReleaseSysCache(tup);
 
-	if (agg->aggfilter)
-		refuse("FILTER clauses", "Put the condition into the query's WHERE clause, or use a separate job.");
 	if (agg->aggdistinct)
 		refuse("DISTINCT aggregates", NULL);
 	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
@@ -667,7 +665,7 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 	dpcontext = deparse_context_for(get_rel_name(rte->relid), rte->relid);
 
 	def->key_names = def->key_exprs = NIL;
-	def->agg_names = def->agg_kinds = def->agg_args = NIL;
+	def->agg_names = def->agg_kinds = def->agg_args = def->agg_filters = NIL;
 	foreach(lc, q->targetList)
 	{
 		TargetEntry *tle = lfirst_node(TargetEntry, lc);
@@ -749,6 +747,9 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 			def->agg_names = lappend(def->agg_names, pstrdup(name));
 			def->agg_kinds = lappend_int(def->agg_kinds, kind);
 			def->agg_args = lappend(def->agg_args, arg);
+			def->agg_filters = lappend(def->agg_filters, agg->aggfilter ?
+									   deparse_expression((Node *) agg->aggfilter,
+														  dpcontext, false, false) : NULL);
 		}
 		else if (contain_agg_clause(expr))
 			ereport(ERROR,

@@ -66,8 +66,21 @@ stp_agg_kind_from_name(const char *name)
 }
 
 /*
- * The position of the job's first count(*) aggregate, or -1.  Its column
- * counts the batch's source rows, so no separate count is needed.
+ * The FILTER clause of the job's i-th aggregate, or an empty string.
+ */
+static const char *
+filter_clause(StpJobDef *def, int i)
+{
+	char	   *cond = i < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, i) : NULL;
+
+	return cond ? psprintf(" FILTER (WHERE (%s))", cond) : "";
+}
+
+/*
+ * The position of the job's first count(*) aggregate without a FILTER, or
+ * -1.  Its column counts the batch's source rows, so no separate count is
+ * needed.
  */
 static int
 count_star_position(StpJobDef *def)
@@ -77,7 +90,8 @@ count_star_position(StpJobDef *def)
 
 	forboth(lc, def->agg_kinds, lc2, def->agg_args)
 	{
-		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT && lfirst(lc2) == NULL)
+		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT && lfirst(lc2) == NULL &&
+			filter_clause(def, foreach_current_index(lc))[0] == '\0')
 			return foreach_current_index(lc);
 	}
 	return -1;
@@ -180,19 +194,21 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
 		char	   *arg = (char *) lfirst(lc2);
 
+		const char *f = filter_clause(def, i);
+
 		switch (kind)
 		{
 			case STP_AGG_COUNT:
-				appendStringInfo(&buf, "pg_catalog.count(%s)", arg ? arg : "*");
+				appendStringInfo(&buf, "pg_catalog.count(%s)%s", arg ? arg : "*", f);
 				break;
 			case STP_AGG_SUM:
-				appendStringInfo(&buf, "pg_catalog.sum(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.sum(%s)%s", arg, f);
 				break;
 			case STP_AGG_MIN:
-				appendStringInfo(&buf, "pg_catalog.min(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.min(%s)%s", arg, f);
 				break;
 			case STP_AGG_MAX:
-				appendStringInfo(&buf, "pg_catalog.max(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.max(%s)%s", arg, f);
 				break;
 
 				/*
@@ -202,16 +218,16 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 				 * than avg() next to sum() and count().
 				 */
 			case STP_AGG_AVG_NUMERIC:
-				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
-								 "(pg_catalog.sum(%s))::pg_catalog.numeric / (pg_catalog.count(%s))::pg_catalog.numeric END AS a%d, "
-								 "pg_catalog.sum(%s) AS s%d, pg_catalog.count(%s)",
-								 arg, arg, arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s)%s = 0 THEN NULL ELSE "
+								 "(pg_catalog.sum(%s)%s)::pg_catalog.numeric / (pg_catalog.count(%s)%s)::pg_catalog.numeric END AS a%d, "
+								 "pg_catalog.sum(%s)%s AS s%d, pg_catalog.count(%s)%s",
+								 arg, f, arg, f, arg, f, i, arg, f, i, arg, f);
 				break;
 			case STP_AGG_AVG_FLOAT:
-				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
-								 "pg_catalog.sum((%s)::pg_catalog.float8) / (pg_catalog.count(%s))::pg_catalog.float8 END AS a%d, "
-								 "pg_catalog.sum((%s)::pg_catalog.float8) AS s%d, pg_catalog.count(%s)",
-								 arg, arg, arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s)%s = 0 THEN NULL ELSE "
+								 "pg_catalog.sum((%s)::pg_catalog.float8)%s / (pg_catalog.count(%s)%s)::pg_catalog.float8 END AS a%d, "
+								 "pg_catalog.sum((%s)::pg_catalog.float8)%s AS s%d, pg_catalog.count(%s)%s",
+								 arg, f, arg, f, arg, f, i, arg, f, i, arg, f);
 				break;
 		}
 		appendStringInfo(&buf, " AS %c%d, ", is_avg(kind) ? 'n' : 'a', i);

@@ -147,6 +147,7 @@ typedef struct StpJobDef
 	List	   *agg_names;		/* of char * */
 	List	   *agg_kinds;		/* of int (StpAggKind) */
 	List	   *agg_args;		/* of char *, NULL for count(*) */
+	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
 } StpJobDef;
 
