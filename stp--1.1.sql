@@ -139,3 +139,9 @@ GRANT SELECT ON stp.job_status TO PUBLIC;
 -- The FILTER condition of each aggregate in agg_names, NULL where it has
 -- none; the whole column is NULL for jobs created without it.
 ALTER TABLE stp.jobs ADD COLUMN agg_filters text[];
+
+-- The view that presents the output of a job whose query computes with its
+-- aggregates, filters (HAVING) or orders its groups, or has no GROUP BY;
+-- result_table is then the table that keeps the state of its groups.  NULL
+-- when the result table is the query's output itself.
+ALTER TABLE stp.jobs ADD COLUMN result_view regclass;

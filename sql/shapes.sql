@@ -42,3 +42,107 @@ SELECT p, stp_test_diff(('shp_filter' || p)::regclass,
 FROM (VALUES (1), (3)) v(p);
 SELECT * FROM shp_filter3 WHERE grp = 7;
 SELECT agg_names, agg_filters FROM stp.jobs WHERE job_name = 'shp_filter1';
+
+-- stp_test_same_types(result, batch view): do the result's column names
+-- and types equal those of a view of the batch query, in order?
+CREATE FUNCTION stp_test_same_types(result regclass, batch regclass)
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT (SELECT array_agg(row(col, type)::text) FROM stp_test_types(result))
+           IS NOT DISTINCT FROM
+           (SELECT array_agg(row(col, type)::text) FROM stp_test_types(batch))
+$$;
+
+-- Expressions over aggregates, HAVING, a key grouped on but not selected,
+-- keys after aggregates, a constant column and ORDER BY: a view over the
+-- state table presents them.
+CREATE VIEW batch_expr AS
+    SELECT sum(x) / NULLIF(count(x), 0) AS ratio, grp,
+           0.2 * avg(y) AS fifth, sum(y) / sum(x) AS per_x,
+           max(f) - min(f) AS spread, count(*) + 1 AS n1, 'const'::text AS label,
+           grp * 10 AS grp10, avg(x) FILTER (WHERE b) AS avg_b,
+           upper(sub) AS sub_up
+    FROM shp GROUP BY grp, sub HAVING count(*) > 3 AND sum(x) IS NOT NULL
+    ORDER BY grp DESC, sub NULLS FIRST, count(*);
+SELECT stp_start_job('shp_expr' || p, pg_get_viewdef('batch_expr'),
+                     'shp_expr' || p, partitions => p, batch_size => 41) > 0 AS started
+FROM (VALUES (1), (3)) v(p);
+SELECT stp_wait('shp_expr1', '60 s'), stp_wait('shp_expr3', '60 s');
+SELECT relname, relkind FROM pg_class WHERE relname LIKE 'shp_expr%' ORDER BY relname;
+SELECT * FROM stp_test_types('shp_expr1');
+SELECT p, stp_test_same_types(('shp_expr' || p)::regclass, 'batch_expr') AS same_types,
+       stp_test_diff(('shp_expr' || p)::regclass, '*', 'SELECT * FROM batch_expr') AS mismatches
+FROM (VALUES (1), (3)) v(p);
+-- the view orders its rows as the query does
+SELECT (SELECT array_agg(t ORDER BY n) FROM (SELECT row_number() OVER () n, t FROM shp_expr3 t) r)::text
+     = (SELECT array_agg(t ORDER BY n) FROM (SELECT row_number() OVER () n, t FROM batch_expr t) r)::text
+       AS same_order;
+SELECT * FROM stp_test_types('shp_expr1_state');
+SELECT result_table, result_view FROM stp.jobs WHERE job_name = 'shp_expr1';
+
+-- A query without GROUP BY: one row, even before any source row.
+CREATE TABLE shp_empty (id bigserial, x int, f float8);
+SELECT stp_start_job('shp_total', $$
+    SELECT count(*) AS n, count(x) AS nx, sum(x) AS s, avg(x) AS a, min(f) AS lo,
+           max(x) FILTER (WHERE x > 2) AS big, count(*) * 2 AS n2
+    FROM shp_empty$$, 'shp_total') > 0 AS started;
+SELECT * FROM shp_total;
+SELECT stp_wait('shp_total', '60 s');
+SELECT stp_test_diff('shp_total', '*', $$SELECT count(*), count(x), sum(x), avg(x), min(f),
+       max(x) FILTER (WHERE x > 2), count(*) * 2 FROM shp_empty$$) AS mismatches;
+INSERT INTO shp_empty (x, f) VALUES (NULL, NULL), (1, 0.5), (3, NULL), (NULL, -1.5);
+SELECT stp_wait('shp_total', '60 s');
+SELECT * FROM shp_total;
+SELECT stp_test_diff('shp_total', '*', $$SELECT count(*), count(x), sum(x), avg(x), min(f),
+       max(x) FILTER (WHERE x > 2), count(*) * 2 FROM shp_empty$$) AS mismatches;
+
+-- A global aggregate over the big table, with HAVING that keeps no row.
+SELECT stp_start_job('shp_global', $$
+    SELECT sum(y) / count(*) AS mean_y, count(*) FILTER (WHERE b) AS nb
+    FROM shp WHERE grp <> 2$$, 'shp_global', batch_size => 53) > 0 AS started;
+SELECT stp_start_job('shp_none', $$SELECT count(*) AS n FROM shp HAVING count(*) > 100000$$,
+                     'shp_none') > 0 AS started;
+SELECT stp_wait('shp_global', '60 s'), stp_wait('shp_none', '60 s');
+SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b)
+       FROM shp WHERE grp <> 2$$) AS mismatches;
+SELECT count(*) FROM shp_none;
+
+-- Rows that arrive later are merged into the same state.
+INSERT INTO shp (grp, sub, x, y, f, b, bits)
+SELECT g % 6, 's' || (g % 4), g, g / 3.0, g * 0.125, g % 2 = 0, g % 32
+FROM generate_series(1, 150) g;
+SELECT stp_wait('shp_expr1', '60 s'), stp_wait('shp_expr3', '60 s'), stp_wait('shp_global', '60 s');
+SELECT p, stp_test_diff(('shp_expr' || p)::regclass, '*', 'SELECT * FROM batch_expr') AS mismatches
+FROM (VALUES (1), (3)) v(p);
+SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b)
+       FROM shp WHERE grp <> 2$$) AS mismatches;
+
+-- What a shaped query still cannot do.
+CREATE FUNCTION shp_error(stmt text, OUT code text, OUT message text, OUT hint text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE stmt;
+    code := 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                            hint = PG_EXCEPTION_HINT;
+END $$;
+CREATE TABLE shp_pk (id int PRIMARY KEY GENERATED ALWAYS AS IDENTITY, name text, v int);
+\x on
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT id, name, sum(v) AS s FROM shp_pk GROUP BY id', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT count(*) AS n FROM shp', 'bad', partitions => 2)$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM shp GROUP BY grp ORDER BY n LIMIT 3', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM shp GROUP BY grp OFFSET 1', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT sub, count(*) AS n FROM shp GROUP BY sub ORDER BY sub USING ~<~', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) + 1 AS n FROM shp GROUP BY grp', 'shp_filter1')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT x FROM shp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(DISTINCT x) AS n FROM shp GROUP BY grp', 'bad')$q$);
+\x off
+
+-- Dropping a job with its result drops the view and the state table.
+SELECT stp_drop_job('shp_expr' || p, true) FROM (VALUES (1), (3)) v(p);
+SELECT stp_drop_job(j, true) FROM unnest(ARRAY['shp_filter1', 'shp_filter3', 'shp_total',
+                                                'shp_global', 'shp_none']) j;
+SELECT count(*) AS left_behind FROM pg_class WHERE relname LIKE 'shp\_%' AND relname NOT IN ('shp_empty', 'shp_pk', 'shp_empty_id_seq', 'shp_pk_pkey', 'shp_pk_id_seq', 'shp_id_seq');
+DROP VIEW batch_expr;
+DROP TABLE shp, shp_empty, shp_pk;
+DROP FUNCTION stp_test_same_types, shp_error;

@@ -488,7 +488,7 @@ classify_aggregate(Aggref *agg, const char *colname)
 	ReleaseSysCache(tup);
 
 	if (agg->aggdistinct)
-		refuse("DISTINCT aggregates", NULL);
+		refuse("DISTINCT aggregates", "A distinct count cannot be merged from partial counts; group by the value in a job of its own, and count its rows when you read the result.");
 	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
 		refuse("ordered-set aggregates and aggregates with ORDER BY", NULL);
 
@@ -563,13 +563,270 @@ avg_sum_type(StpAggKind kind, Oid argtype)
 }
 
 /*
+ * Refuse an output column name that stp cannot keep.  names holds the
+ * names seen so far.
+ */
+static void
+check_output_name(TargetEntry *tle, List *names)
+{
+	char	   *name = tle->resname;
+	ListCell   *lc;
+
+	if (name == NULL || strcmp(name, "?column?") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
+				 errmsg("output column %d of the job's query has no name", tle->resno),
+				 errhint("Give it a name with AS.")));
+	if (strncmp(name, "_stp_", 5) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_RESERVED_NAME),
+				 errmsg("output column name \"%s\" is reserved", name),
+				 errdetail("Names beginning with \"_stp_\" are kept for stp's state columns."),
+				 errhint("Choose another name with AS.")));
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("output column name \"%s\" appears more than once", name),
+					 errhint("Give each output column a distinct name with AS.")));
+	}
+}
+
+/*
+ * Is the output column one of the GROUP BY expressions?
+ */
+static bool
+is_group_key(Query *q, TargetEntry *tle)
+{
+	return tle->ressortgroupref != 0 &&
+		get_sortgroupref_clause_noerr(tle->ressortgroupref, q->groupClause) != NULL;
+}
+
+/*
+ * Is the query's output its state: its group keys, all selected, then its
+ * aggregates, each a column of its own, and nothing that filters or orders
+ * the groups?  Such a job merges into its result table directly.
+ */
+static bool
+is_plain(Query *q)
+{
+	bool		seen_agg = false;
+	ListCell   *lc;
+
+	if (q->groupClause == NIL || q->havingQual || q->sortClause)
+		return false;
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (is_group_key(q, tle))
+		{
+			if (tle->resjunk || seen_agg)
+				return false;
+		}
+		else if (tle->resjunk)
+			continue;
+		else if (IsA(tle->expr, Aggref))
+			seen_agg = true;
+		else
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Add a group key: its state column and its deparsed expression.
+ */
+static void
+add_key(StpJobDef *def, List **keys, const char *name, Node *expr,
+		List *dpcontext)
+{
+	Oid			type = exprType(expr);
+	Oid			coll = exprCollation(expr);
+
+	if (!stp_type_routable(type, coll))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("group key \"%s\" of type %s cannot be routed to a partition",
+						name, format_type_be(type)),
+				 errhint("A group key's type needs a hash operator class.")));
+	*keys = lappend(*keys, make_column(name, type, exprTypmod(expr), coll));
+	def->key_names = lappend(def->key_names, pstrdup(name));
+	def->key_exprs = lappend(def->key_exprs,
+							 deparse_expression(expr, dpcontext, false, false));
+}
+
+/*
+ * Add an aggregate: its state column, avg's hidden state columns, and its
+ * deparsed argument and FILTER condition.
+ */
+static void
+add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
+			  Aggref *agg, List *dpcontext)
+{
+	StpAggKind	kind = classify_aggregate(agg, name);
+	char	   *arg = NULL;
+
+	if (agg->args)
+	{
+		Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
+
+		arg = deparse_expression(argexpr, dpcontext, false, false);
+		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		{
+			if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("name of avg column \"%s\" is too long", name),
+						 errdetail("stp keeps avg's state in columns named \"_stp_<name>_sum\" and \"_stp_<name>_count\", which must fit in %d bytes.",
+								   NAMEDATALEN - 1),
+						 errhint("Give the avg column a name of at most %d bytes.",
+								 (int) (NAMEDATALEN - 1 - strlen("_stp__count")))));
+			*state = lappend(*state,
+							 make_column(stp_avg_sum_column(name),
+										 avg_sum_type(kind, exprType(argexpr)),
+										 -1, InvalidOid));
+			*state = lappend(*state,
+							 make_column(stp_avg_count_column(name),
+										 INT8OID, -1, InvalidOid));
+		}
+	}
+	*aggs = lappend(*aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
+	def->agg_names = lappend(def->agg_names, pstrdup(name));
+	def->agg_kinds = lappend_int(def->agg_kinds, kind);
+	def->agg_args = lappend(def->agg_args, arg);
+	def->agg_filters = lappend(def->agg_filters, agg->aggfilter ?
+							   deparse_expression((Node *) agg->aggfilter,
+												  dpcontext, false, false) : NULL);
+}
+
+/*
+ * Walker: collect each distinct aggregate call, not descending into one.
+ */
+static bool
+collect_aggrefs_walker(Node *node, List **aggrefs)
+{
+	ListCell   *lc;
+
+	if (node == NULL)
+		return false;
+	if (IsA(node, Aggref))
+	{
+		foreach(lc, *aggrefs)
+		{
+			if (equal(lfirst(lc), node))
+				return false;
+		}
+		*aggrefs = lappend(*aggrefs, node);
+		return false;
+	}
+	return expression_tree_walker(node, collect_aggrefs_walker, aggrefs);
+}
+
+/*
+ * Take a query that is its own state apart: the keys as they are selected,
+ * then each aggregate column.
+ */
+static void
+analyze_plain(Query *q, StpJobDef *def, List **keys, List **aggs,
+			  List **state, List *dpcontext)
+{
+	ListCell   *lc;
+
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (tle->resjunk)
+			continue;
+		if (is_group_key(q, tle))
+			add_key(def, keys, tle->resname, (Node *) tle->expr, dpcontext);
+		else
+			add_aggregate(def, aggs, state, tle->resname, (Aggref *) tle->expr,
+						  dpcontext);
+	}
+}
+
+/*
+ * Take a query whose output is computed from its state apart: its state
+ * keeps every grouping expression (named as the column that selects it,
+ * or _stp_k<i>) and every distinct aggregate call (_stp_a<i>), and the
+ * shape keeps what the result view computes from them.  A query without
+ * GROUP BY has one group, keyed by a constant, which one partition owns.
+ */
+static StpShape *
+analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
+			   List **aggs, List **state, List *dpcontext)
+{
+	StpShape   *shape = palloc0(sizeof(StpShape));
+	ListCell   *lc;
+
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (!tle->resjunk)
+			shape->outputs = lappend(shape->outputs, tle);
+	}
+	shape->source = rte_relid;
+	shape->having = q->havingQual;
+	shape->sort = q->sortClause;
+	foreach(lc, q->sortClause)
+	{
+		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
+
+		shape->sort_exprs = lappend(shape->sort_exprs,
+									get_sortgroupclause_expr(sgc, q->targetList));
+	}
+
+	if (q->groupClause == NIL)
+	{
+		if (def->partitions > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job's query without GROUP BY cannot have more than one partition"),
+					 errdetail("The query has one group, which one partition computes."),
+					 errhint("Use partitions => 1.")));
+		shape->global = true;
+		*keys = lappend(*keys, make_column("_stp_all", BOOLOID, -1, InvalidOid));
+		def->key_names = lappend(def->key_names, pstrdup("_stp_all"));
+		def->key_exprs = lappend(def->key_exprs, pstrdup("true"));
+	}
+	foreach(lc, q->groupClause)
+	{
+		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, q->targetList);
+		char	   *name = tle->resjunk ?
+			psprintf("_stp_k%d", foreach_current_index(lc)) : tle->resname;
+
+		add_key(def, keys, name, (Node *) tle->expr, dpcontext);
+		shape->key_exprs = lappend(shape->key_exprs, tle->expr);
+		shape->key_columns = lappend(shape->key_columns, name);
+	}
+
+	(void) collect_aggrefs_walker((Node *) q->targetList, &shape->aggrefs);
+	(void) collect_aggrefs_walker(q->havingQual, &shape->aggrefs);
+	foreach(lc, shape->aggrefs)
+	{
+		char	   *name = psprintf("_stp_a%d", foreach_current_index(lc));
+
+		add_aggregate(def, aggs, state, name, lfirst_node(Aggref, lc), dpcontext);
+		shape->agg_columns = lappend(shape->agg_columns, name);
+	}
+	return shape;
+}
+
+/*
  * Analyse the job's query.  Fills in the source and the deparsed pieces of
- * def, and returns the result table's columns: the keys first (nkeys of
- * them), then the aggregates, then avg's hidden state columns.
+ * def, and returns the state table's columns: the keys first (nkeys of
+ * them), then the aggregates, then avg's hidden state columns.  *shape is
+ * NULL when the query's output is its state; else it describes the view
+ * that presents the output.
  */
 void
 stp_analyze_query(const char *query_text, StpJobDef *def,
-				  List **columns, int *nkeys)
+				  List **columns, int *nkeys, StpShape **shape)
 {
 	SelectStmt *ss;
 	RawStmt    *rs;
@@ -601,12 +858,9 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 		refuse("set-returning functions", NULL);
 	if (q->distinctClause)
 		refuse("DISTINCT clauses", NULL);
-	if (q->havingQual)
-		refuse("HAVING clauses", "Filter the result table when you read it instead.");
-	if (q->sortClause)
-		refuse("ORDER BY clauses", "Order the result table when you read it instead.");
 	if (q->limitCount || q->limitOffset)
-		refuse("LIMIT and OFFSET clauses", NULL);
+		refuse("LIMIT and OFFSET clauses",
+			   "A job keeps every group up to date; apply LIMIT when you read the result.");
 	if (q->groupingSets)
 		refuse("GROUPING SETS, ROLLUP and CUBE", "Use one job per grouping.");
 
@@ -640,23 +894,20 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 				 errhint("Remove calls such as random(), clock_timestamp() or nextval().")));
 	(void) check_time_dependence_walker((Node *) q, NULL);
 
-	if (q->groupClause == NIL)
+	if (q->groupClause == NIL && !q->hasAggs)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a job's query needs a GROUP BY clause"),
-				 errhint("A job keeps one result row per group; to keep a single total, group by a constant column of the source.")));
+				 errmsg("a job's query needs a GROUP BY clause or an aggregate"),
+				 errhint("A job keeps the result of an aggregation, one row per group.")));
 
-	/* Every grouping expression must be an output column, to key the result. */
-	foreach(lc, q->groupClause)
+	foreach(lc, q->targetList)
 	{
-		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
-		TargetEntry *tle = get_sortgroupclause_tle(sgc, q->targetList);
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
 
 		if (tle->resjunk)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("every GROUP BY expression must appear in the select list"),
-					 errhint("Add the grouping expression to the select list, with a name, so that it keys the result table.")));
+			continue;
+		check_output_name(tle, names);
+		names = lappend(names, tle->resname);
 	}
 
 	/* Deparse with a search_path that makes every name fully qualified. */
@@ -666,102 +917,13 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 	def->key_names = def->key_exprs = NIL;
 	def->agg_names = def->agg_kinds = def->agg_args = def->agg_filters = NIL;
-	foreach(lc, q->targetList)
+	if (is_plain(q))
 	{
-		TargetEntry *tle = lfirst_node(TargetEntry, lc);
-		Node	   *expr = (Node *) tle->expr;
-		char	   *name = tle->resname;
-		ListCell   *lc2;
-
-		if (tle->resjunk)
-			continue;
-		if (name == NULL || strcmp(name, "?column?") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
-					 errmsg("output column %d of the job's query has no name", tle->resno),
-					 errhint("Give it a name with AS.")));
-		if (strncmp(name, "_stp_", 5) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_RESERVED_NAME),
-					 errmsg("output column name \"%s\" is reserved", name),
-					 errdetail("Names beginning with \"_stp_\" are kept for stp's state columns."),
-					 errhint("Choose another name with AS.")));
-		foreach(lc2, names)
-		{
-			if (strcmp((char *) lfirst(lc2), name) == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_DUPLICATE_COLUMN),
-						 errmsg("output column name \"%s\" appears more than once", name),
-						 errhint("Give each output column a distinct name with AS.")));
-		}
-		names = lappend(names, name);
-
-		if (tle->ressortgroupref != 0 &&
-			get_sortgroupref_clause_noerr(tle->ressortgroupref, q->groupClause))
-		{
-			Oid			type = exprType(expr);
-			Oid			coll = exprCollation(expr);
-
-			if (!stp_type_routable(type, coll))
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("group key \"%s\" of type %s cannot be routed to a partition",
-								name, format_type_be(type)),
-						 errhint("A group key's type needs a hash operator class.")));
-			keys = lappend(keys, make_column(name, type, exprTypmod(expr), coll));
-			def->key_names = lappend(def->key_names, pstrdup(name));
-			def->key_exprs = lappend(def->key_exprs,
-									 deparse_expression(expr, dpcontext, false, false));
-		}
-		else if (IsA(expr, Aggref))
-		{
-			Aggref	   *agg = (Aggref *) expr;
-			StpAggKind	kind = classify_aggregate(agg, name);
-			char	   *arg = NULL;
-
-			if (agg->args)
-			{
-				Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
-
-				arg = deparse_expression(argexpr, dpcontext, false, false);
-				if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
-				{
-					if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
-						ereport(ERROR,
-								(errcode(ERRCODE_NAME_TOO_LONG),
-								 errmsg("name of avg column \"%s\" is too long", name),
-								 errdetail("stp keeps avg's state in columns named \"_stp_<name>_sum\" and \"_stp_<name>_count\", which must fit in %d bytes.",
-										   NAMEDATALEN - 1),
-								 errhint("Give the avg column a name of at most %d bytes.",
-										 (int) (NAMEDATALEN - 1 - strlen("_stp__count")))));
-					state = lappend(state,
-									make_column(stp_avg_sum_column(name),
-												avg_sum_type(kind, exprType(argexpr)),
-												-1, InvalidOid));
-					state = lappend(state,
-									make_column(stp_avg_count_column(name),
-												INT8OID, -1, InvalidOid));
-				}
-			}
-			aggs = lappend(aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
-			def->agg_names = lappend(def->agg_names, pstrdup(name));
-			def->agg_kinds = lappend_int(def->agg_kinds, kind);
-			def->agg_args = lappend(def->agg_args, arg);
-			def->agg_filters = lappend(def->agg_filters, agg->aggfilter ?
-									   deparse_expression((Node *) agg->aggfilter,
-														  dpcontext, false, false) : NULL);
-		}
-		else if (contain_agg_clause(expr))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("output column \"%s\" computes with an aggregate's result", name),
-					 errhint("Each aggregate must be an output column of its own, such as sum(x) AS s; compute with it when you read the result table.")));
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("output column \"%s\" is neither a GROUP BY expression nor an aggregate", name),
-					 errhint("Group by the expression itself, or compute it when you read the result table.")));
+		analyze_plain(q, def, &keys, &aggs, &state, dpcontext);
+		*shape = NULL;
 	}
+	else
+		*shape = analyze_shaped(q, rte->relid, def, &keys, &aggs, &state, dpcontext);
 
 	def->source = rte->relid;
 	def->where_clause = q->jointree->quals ?

@@ -260,6 +260,44 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 }
 
 /*
+ * The INSERT of the one group of a job without GROUP BY, as the batch query
+ * returns it over no rows: counts 0, every other aggregate NULL.  The job
+ * then returns that row before any source row arrives, as the batch query
+ * does over an empty table.
+ */
+char *
+stp_initial_row_sql(StpJobDef *def)
+{
+	StringInfoData buf;
+	ListCell   *lc,
+			   *lc2;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "INSERT INTO %s (%s", stp_qualified_relname(def->result),
+					 quote_identifier(linitial(def->key_names)));
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		if (kind == STP_AGG_COUNT)
+			appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
+		else if (is_avg(kind))
+			appendStringInfo(&buf, ", %s",
+							 quote_identifier(stp_avg_count_column(lfirst(lc))));
+	}
+	appendStringInfoString(&buf, ") VALUES (true");
+	foreach(lc, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
+
+		if (kind == STP_AGG_COUNT || is_avg(kind))
+			appendStringInfoString(&buf, ", 0");
+	}
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/*
  * A statement with the batch aggregation's columns and no rows, for
  * checking the types the job's expressions produce now.
  */

@@ -158,6 +158,7 @@ extern char *stp_agg_kind_name(StpAggKind kind);
 extern StpAggKind stp_agg_kind_from_name(const char *name);
 extern char *stp_avg_sum_column(const char *name);
 extern char *stp_avg_count_column(const char *name);
+extern char *stp_initial_row_sql(StpJobDef *def);
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn
@@ -168,9 +169,33 @@ typedef struct StpColumn
 	Oid			collation;
 } StpColumn;
 
+/*
+ * A query whose output is not its state: it computes with aggregates, has
+ * HAVING or ORDER BY, groups on keys it does not select, orders its
+ * columns otherwise, or has no GROUP BY.  The job then merges into a state
+ * table, and a view presents the query's output from it.  The trees are
+ * the analysed query's, valid while the creating transaction runs.
+ */
+typedef struct StpShape
+{
+	List	   *outputs;		/* of TargetEntry, the query's output columns */
+	Node	   *having;			/* NULL if none */
+	List	   *sort;			/* of SortGroupClause, the ORDER BY */
+	List	   *sort_exprs;		/* of Node *, the expression each sorts on */
+	List	   *key_exprs;		/* of Node *, the grouping expressions */
+	List	   *key_columns;	/* of char *, their state columns */
+	List	   *aggrefs;		/* of Aggref *, each distinct aggregate */
+	List	   *agg_columns;	/* of char *, their state columns */
+	bool		global;			/* no GROUP BY: one group, always present */
+	Oid			source;			/* the source table */
+} StpShape;
+
 /* query.c */
 extern void stp_analyze_query(const char *query_text, StpJobDef *def,
-							  List **columns, int *nkeys);
+							  List **columns, int *nkeys, StpShape **shape);
+
+/* shape.c */
+extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
 
 /* Saved identity while running with the extension owner's rights. */
 typedef struct StpRights
