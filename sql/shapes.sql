@@ -83,27 +83,31 @@ SELECT result_table, result_view FROM stp.jobs WHERE job_name = 'shp_expr1';
 CREATE TABLE shp_empty (id bigserial, x int, f float8);
 SELECT stp_start_job('shp_total', $$
     SELECT count(*) AS n, count(x) AS nx, sum(x) AS s, avg(x) AS a, min(f) AS lo,
-           max(x) FILTER (WHERE x > 2) AS big, count(*) * 2 AS n2
+           max(x) FILTER (WHERE x > 2) AS big, count(*) * 2 AS n2, var_pop(f) AS vp,
+           bool_and(x > 0) AS pos
     FROM shp_empty$$, 'shp_total') > 0 AS started;
 SELECT * FROM shp_total;
 SELECT stp_wait('shp_total', '60 s');
 SELECT stp_test_diff('shp_total', '*', $$SELECT count(*), count(x), sum(x), avg(x), min(f),
-       max(x) FILTER (WHERE x > 2), count(*) * 2 FROM shp_empty$$) AS mismatches;
+       max(x) FILTER (WHERE x > 2), count(*) * 2, var_pop(f), bool_and(x > 0)
+       FROM shp_empty$$) AS mismatches;
 INSERT INTO shp_empty (x, f) VALUES (NULL, NULL), (1, 0.5), (3, NULL), (NULL, -1.5);
 SELECT stp_wait('shp_total', '60 s');
 SELECT * FROM shp_total;
 SELECT stp_test_diff('shp_total', '*', $$SELECT count(*), count(x), sum(x), avg(x), min(f),
-       max(x) FILTER (WHERE x > 2), count(*) * 2 FROM shp_empty$$) AS mismatches;
+       max(x) FILTER (WHERE x > 2), count(*) * 2, var_pop(f), bool_and(x > 0)
+       FROM shp_empty$$) AS mismatches;
 
 -- A global aggregate over the big table, with HAVING that keeps no row.
 SELECT stp_start_job('shp_global', $$
-    SELECT sum(y) / count(*) AS mean_y, count(*) FILTER (WHERE b) AS nb
+    SELECT sum(y) / count(*) AS mean_y, count(*) FILTER (WHERE b) AS nb,
+           bool_or(b) AS any_b, round(stddev(f)::numeric, 6) AS sd
     FROM shp WHERE grp <> 2$$, 'shp_global', batch_size => 53) > 0 AS started;
 SELECT stp_start_job('shp_none', $$SELECT count(*) AS n FROM shp HAVING count(*) > 100000$$,
                      'shp_none') > 0 AS started;
 SELECT stp_wait('shp_global', '60 s'), stp_wait('shp_none', '60 s');
-SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b)
-       FROM shp WHERE grp <> 2$$) AS mismatches;
+SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b),
+       bool_or(b), round(stddev(f)::numeric, 6) FROM shp WHERE grp <> 2$$) AS mismatches;
 SELECT count(*) FROM shp_none;
 
 -- Rows that arrive later are merged into the same state.
@@ -113,8 +117,52 @@ FROM generate_series(1, 150) g;
 SELECT stp_wait('shp_expr1', '60 s'), stp_wait('shp_expr3', '60 s'), stp_wait('shp_global', '60 s');
 SELECT p, stp_test_diff(('shp_expr' || p)::regclass, '*', 'SELECT * FROM batch_expr') AS mismatches
 FROM (VALUES (1), (3)) v(p);
-SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b)
-       FROM shp WHERE grp <> 2$$) AS mismatches;
+SELECT stp_test_diff('shp_global', '*', $$SELECT sum(y) / count(*), count(*) FILTER (WHERE b),
+       bool_or(b), round(stddev(f)::numeric, 6) FROM shp WHERE grp <> 2$$) AS mismatches;
+
+-- bool_and, bool_or, every, bit_and and bit_or, NULL where all inputs are.
+SELECT stp_start_job('shp_bits' || p, $$
+    SELECT grp, bool_and(b) AS all_b, bool_or(b) AS any_b, every(x > 3) AS every_x,
+           bit_and(bits) AS and_bits, bit_or(bits::int2) AS or_bits2,
+           bit_or(bits::int8) FILTER (WHERE x % 2 = 0) AS or_even,
+           bool_or(b) FILTER (WHERE sub = 's2') AS any_s2
+    FROM shp GROUP BY grp$$, 'shp_bits' || p, partitions => p, batch_size => 29) > 0 AS started
+FROM (VALUES (1), (3)) v(p);
+SELECT stp_wait('shp_bits1', '60 s'), stp_wait('shp_bits3', '60 s');
+SELECT * FROM stp_test_types('shp_bits1');
+SELECT p, stp_test_diff(('shp_bits' || p)::regclass, '*', $$
+    SELECT grp, bool_and(b), bool_or(b), every(x > 3), bit_and(bits), bit_or(bits::int2),
+           bit_or(bits::int8) FILTER (WHERE x % 2 = 0), bool_or(b) FILTER (WHERE sub = 's2')
+    FROM shp GROUP BY grp$$) AS mismatches
+FROM (VALUES (1), (3)) v(p);
+SELECT * FROM shp_bits3 WHERE grp = 7;
+
+-- Variance and standard deviation over floats, kept as PostgreSQL's
+-- float8[] state; they may differ from the batch only by summation order.
+CREATE VIEW batch_var AS
+    SELECT grp, stddev(f) AS sd, stddev_pop(f) AS sdp, stddev_samp(f::float4) AS sds,
+           variance(f) AS v, var_pop(f) FILTER (WHERE b) AS vp, var_samp(x::float8) AS vs,
+           stddev(f) / NULLIF(avg(f), 0) AS cv
+    FROM shp GROUP BY grp;
+SELECT stp_start_job('shp_var' || p, pg_get_viewdef('batch_var'), 'shp_var' || p,
+                     partitions => p, batch_size => 31) > 0 AS started
+FROM (VALUES (1), (3)) v(p);
+SELECT stp_wait('shp_var1', '60 s'), stp_wait('shp_var3', '60 s');
+SELECT * FROM stp_test_types('shp_var1_state');
+SELECT stp_test_same_types('shp_var1', 'batch_var') AS same_types;
+-- close: equal within 1e-12 relative, or both NULL
+CREATE FUNCTION shp_close(a float8, b float8) RETURNS boolean LANGUAGE sql AS
+    'SELECT (a IS NULL AND b IS NULL) OR abs(a - b) <= 1e-12 * greatest(abs(a), abs(b))';
+SELECT p, count(*) AS groups,
+       count(*) FILTER (WHERE shp_close(r.sd, q.sd) AND shp_close(r.sdp, q.sdp)
+                          AND shp_close(r.sds, q.sds) AND shp_close(r.v, q.v)
+                          AND shp_close(r.vp, q.vp) AND shp_close(r.vs, q.vs)
+                          AND shp_close(r.cv, q.cv)) AS close
+FROM (VALUES (1), (3)) v(p),
+     LATERAL (SELECT * FROM shp_var1 WHERE p = 1 UNION ALL SELECT * FROM shp_var3 WHERE p = 3) r
+     FULL JOIN batch_var q USING (grp)
+GROUP BY p ORDER BY p;
+SELECT grp, sd IS NULL AS sd_null, vp IS NULL AS vp_null FROM shp_var1 WHERE grp = 7;
 
 -- What a shaped query still cannot do.
 CREATE FUNCTION shp_error(stmt text, OUT code text, OUT message text, OUT hint text)
@@ -136,13 +184,17 @@ SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT sub, count(*) AS 
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) + 1 AS n FROM shp GROUP BY grp', 'shp_filter1')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT x FROM shp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(DISTINCT x) AS n FROM shp GROUP BY grp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, stddev(x) AS sd FROM shp GROUP BY grp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, variance(y) AS v FROM shp GROUP BY grp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, bit_xor(bits) AS x FROM shp GROUP BY grp', 'bad')$q$);
 \x off
 
 -- Dropping a job with its result drops the view and the state table.
 SELECT stp_drop_job('shp_expr' || p, true) FROM (VALUES (1), (3)) v(p);
 SELECT stp_drop_job(j, true) FROM unnest(ARRAY['shp_filter1', 'shp_filter3', 'shp_total',
-                                                'shp_global', 'shp_none']) j;
+                                                'shp_global', 'shp_none', 'shp_bits1', 'shp_bits3',
+                                                'shp_var1', 'shp_var3']) j;
 SELECT count(*) AS left_behind FROM pg_class WHERE relname LIKE 'shp\_%' AND relname NOT IN ('shp_empty', 'shp_pk', 'shp_empty_id_seq', 'shp_pk_pkey', 'shp_pk_id_seq', 'shp_id_seq');
-DROP VIEW batch_expr;
+DROP VIEW batch_expr, batch_var;
 DROP TABLE shp, shp_empty, shp_pk;
-DROP FUNCTION stp_test_same_types, shp_error;
+DROP FUNCTION stp_test_same_types, shp_error, shp_close;

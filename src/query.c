@@ -467,6 +467,20 @@ check_source(RangeTblEntry *rte)
 	table_close(rel, AccessShareLock);
 }
 
+/* The variance and standard deviation aggregates, over floats only. */
+static const struct
+{
+	const char *name;
+	StpAggKind	kind;
+}			variance_aggregates[] = {
+	{"variance", STP_AGG_VAR_SAMP},
+	{"var_samp", STP_AGG_VAR_SAMP},
+	{"var_pop", STP_AGG_VAR_POP},
+	{"stddev", STP_AGG_STDDEV_SAMP},
+	{"stddev_samp", STP_AGG_STDDEV_SAMP},
+	{"stddev_pop", STP_AGG_STDDEV_POP},
+};
+
 /*
  * Map a supported aggregate to its kind, or refuse it.
  */
@@ -526,10 +540,36 @@ classify_aggregate(Aggref *agg, const char *colname)
 			}
 		}
 	}
+	if (nsp == PG_CATALOG_NAMESPACE)
+	{
+		if (strcmp(fname, "bool_and") == 0 || strcmp(fname, "every") == 0)
+			return STP_AGG_BOOL_AND;
+		if (strcmp(fname, "bool_or") == 0)
+			return STP_AGG_BOOL_OR;
+		if (strcmp(fname, "bit_and") == 0)
+			return STP_AGG_BIT_AND;
+		if (strcmp(fname, "bit_or") == 0)
+			return STP_AGG_BIT_OR;
+		for (int i = 0; i < lengthof(variance_aggregates); i++)
+		{
+			if (strcmp(fname, variance_aggregates[i].name) != 0)
+				continue;
+			if (argtype != FLOAT4OID && argtype != FLOAT8OID)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("%s(%s) is not supported in a job's query",
+								fname, format_type_be(argtype)),
+						 errdetail("Over %s, PostgreSQL keeps a state that stp cannot store and merge.",
+								   format_type_be(argtype)),
+						 errhint("%s is supported over real and double precision; cast the argument to double precision if a double precision result will do.",
+								 fname)));
+			return variance_aggregates[i].kind;
+		}
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), sum, min, max and avg.")));
+			 errhint("The supported aggregates are count(*), count(x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
@@ -673,6 +713,21 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 		Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
 
 		arg = deparse_expression(argexpr, dpcontext, false, false);
+		if (STP_AGG_IS_VARIANCE(kind))
+		{
+			if (strlen(stp_variance_state_column(name)) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("name of %s column \"%s\" is too long",
+								stp_agg_kind_name(kind), name),
+						 errdetail("stp keeps its state in a column named \"_stp_<name>_state\", which must fit in %d bytes.",
+								   NAMEDATALEN - 1),
+						 errhint("Give the column a name of at most %d bytes.",
+								 (int) (NAMEDATALEN - 1 - strlen("_stp__state")))));
+			*state = lappend(*state,
+							 make_column(stp_variance_state_column(name),
+										 FLOAT8ARRAYOID, -1, InvalidOid));
+		}
 		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
 		{
 			if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)

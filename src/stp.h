@@ -125,8 +125,22 @@ typedef enum StpAggKind
 	STP_AGG_MIN,
 	STP_AGG_MAX,
 	STP_AGG_AVG_NUMERIC,		/* avg over integers and numeric */
-	STP_AGG_AVG_FLOAT			/* avg over float4 and float8 */
+	STP_AGG_AVG_FLOAT,			/* avg over float4 and float8 */
+	STP_AGG_BOOL_AND,			/* bool_and and every */
+	STP_AGG_BOOL_OR,
+	STP_AGG_BIT_AND,
+	STP_AGG_BIT_OR,
+	/* over float4 and float8, with a float8[] state {N, Sx, Sxx} */
+	STP_AGG_VAR_SAMP,			/* var_samp and variance */
+	STP_AGG_VAR_POP,
+	STP_AGG_STDDEV_SAMP,		/* stddev_samp and stddev */
+	STP_AGG_STDDEV_POP
 } StpAggKind;
+
+#define STP_AGG_IS_AVG(kind) \
+	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT)
+#define STP_AGG_IS_VARIANCE(kind) \
+	((kind) >= STP_AGG_VAR_SAMP && (kind) <= STP_AGG_STDDEV_POP)
 
 typedef struct StpJobDef
 {
@@ -158,6 +172,7 @@ extern char *stp_agg_kind_name(StpAggKind kind);
 extern StpAggKind stp_agg_kind_from_name(const char *name);
 extern char *stp_avg_sum_column(const char *name);
 extern char *stp_avg_count_column(const char *name);
+extern char *stp_variance_state_column(const char *name);
 extern char *stp_initial_row_sql(StpJobDef *def);
 
 /* A column of the result table, as the job's query produces it. */
