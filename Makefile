@@ -10,6 +10,7 @@ OBJS = \
 	src/catalog.o \
 	src/status.o \
 	src/query.o \
+	src/volatility.o \
 	src/shape.o \
 	src/sqlgen.o \
 	src/partition.o \

@@ -209,6 +209,9 @@ typedef struct StpShape
 extern void stp_analyze_query(const char *query_text, StpJobDef *def,
 							  List **columns, int *nkeys, StpShape **shape);
 
+/* volatility.c */
+extern void stp_check_time_dependence(Node *query);
+
 /* shape.c */
 extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
 
