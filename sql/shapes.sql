@@ -189,6 +189,29 @@ SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, variance(y) 
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, bit_xor(bits) AS x FROM shp GROUP BY grp', 'bad')$q$);
 \x off
 
+-- The view only presents the state: dropping it leaves the job running;
+-- dropping the state table fails the job with the reason.
+SELECT stp_start_job('shp_fault', 'SELECT grp, sum(x) * 2 AS s2 FROM shp GROUP BY grp',
+                     'shp_fault') > 0 AS started;
+SELECT stp_wait('shp_fault', '60 s');
+DROP VIEW shp_fault;
+INSERT INTO shp (grp, x) VALUES (1, 1);
+SELECT stp_wait('shp_fault', '60 s');
+SELECT stp_test_diff('shp_fault_state', 'grp, _stp_a0',
+                     'SELECT grp, sum(x) FROM shp GROUP BY grp') AS mismatches;
+DROP TABLE shp_fault_state;
+INSERT INTO shp (grp, x) VALUES (1, 1);
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM stp.job_status
+                              WHERE job_name = 'shp_fault' AND state <> 'failed');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT DISTINCT state, last_error FROM stp.job_status WHERE job_name = 'shp_fault';
+SELECT stp_drop_job('shp_fault', true);
+
 -- Dropping a job with its result drops the view and the state table.
 SELECT stp_drop_job('shp_expr' || p, true) FROM (VALUES (1), (3)) v(p);
 SELECT stp_drop_job(j, true) FROM unnest(ARRAY['shp_filter1', 'shp_filter3', 'shp_total',
