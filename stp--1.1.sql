@@ -133,3 +133,26 @@ LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partit
 ORDER BY j.job_name, p.partition;
 
 GRANT SELECT ON stp.job_status TO PUBLIC;
+
+-- ---- Query shapes (FILTER, result views, more aggregates) ----
+
+-- The FILTER condition of each aggregate in agg_names, NULL where it has
+-- none; the whole column is NULL for jobs created without it.
+ALTER TABLE stp.jobs ADD COLUMN agg_filters text[];
+
+-- The view that presents the output of a job whose query computes with its
+-- aggregates, filters (HAVING) or orders its groups, or has no GROUP BY;
+-- result_table is then the table that keeps the state of its groups.  NULL
+-- when the result table is the query's output itself.
+ALTER TABLE stp.jobs ADD COLUMN result_view regclass;
+
+-- The partial state of PostgreSQL's float8 variance and stddev aggregates,
+-- {N, Sx, Sxx}: a job keeps it per group, merges it with float8_combine and
+-- presents it with the aggregate's own final function.
+CREATE AGGREGATE stp.float8_accum_state(float8) (
+    SFUNC = pg_catalog.float8_accum,
+    STYPE = pg_catalog.float8[],
+    INITCOND = '{0,0,0}',
+    COMBINEFUNC = pg_catalog.float8_combine,
+    PARALLEL = SAFE
+);

@@ -397,16 +397,21 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	char	   *sql;
 	int			ret;
 
-	/* A catalog of version 1.0 has no settings column yet. */
+	/*
+	 * A catalog of version 1.0 has no settings column yet, and one made by
+	 * an early build of 1.1 no agg_filters column.
+	 */
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
-				   "settings" : "'{}'::pg_catalog.text[]");
+				   "settings" : "'{}'::pg_catalog.text[]",
+				   stp_catalog_has_column("jobs", "agg_filters") ?
+				   "agg_filters" : "NULL::pg_catalog.text[]");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -438,6 +443,12 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	if (state)
 		*state = SPI_getvalue(tup, desc, 17);
 	def->settings = text_array_to_list(SPI_getbinval(tup, desc, 18, &isnull));
+	d = SPI_getbinval(tup, desc, 19, &isnull);
+	def->agg_filters = NIL;
+	if (!isnull)
+		def->agg_filters = text_array_to_list(d);
+	while (list_length(def->agg_filters) < list_length(def->agg_names))
+		def->agg_filters = lappend(def->agg_filters, NULL);
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

@@ -60,6 +60,7 @@ typedef struct StpJobRef
 	Oid			result;
 	char	   *state;
 	Oid			source;
+	Oid			result_view;	/* InvalidOid if the result is a table */
 } StpJobRef;
 
 /*
@@ -77,14 +78,14 @@ lookup_job(const char *job_name, bool for_update)
 	bool		isnull;
 	Datum		d;
 
-	stp_catalog_exec(for_update ?
-				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
-				 "result_table::pg_catalog.oid, state, source::pg_catalog.oid FROM stp.jobs "
-				 "WHERE job_name OPERATOR(pg_catalog.=) $1 FOR UPDATE" :
-				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
-				 "result_table::pg_catalog.oid, state, source::pg_catalog.oid FROM stp.jobs "
-				 "WHERE job_name OPERATOR(pg_catalog.=) $1",
-				 1, types, values, NULL, !for_update, 0);
+	/* A catalog made by an early build of 1.1 has no result_view column. */
+	stp_catalog_exec(psprintf("SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
+							  "result_table::pg_catalog.oid, state, source::pg_catalog.oid, %s "
+							  "FROM stp.jobs WHERE job_name OPERATOR(pg_catalog.=) $1%s",
+							  stp_catalog_has_column("jobs", "result_view") ?
+							  "result_view::pg_catalog.oid" : "NULL::pg_catalog.oid",
+							  for_update ? " FOR UPDATE" : ""),
+					 1, types, values, NULL, !for_update, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -101,6 +102,8 @@ lookup_job(const char *job_name, bool for_update)
 	job->result = DatumGetObjectId(d);
 	job->state = SPI_getvalue(tup, desc, 5);
 	job->source = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	job->result_view = isnull ? InvalidOid : DatumGetObjectId(d);
 
 	if (for_update && !has_privs_of_role(GetUserId(), job->owner))
 		ereport(ERROR,
@@ -455,6 +458,51 @@ create_result_table(Oid nspid, const char *relname, List *columns, int nkeys)
 }
 
 /*
+ * Create the state table of a job whose result is a view: it is named after
+ * the result, with "_state" appended, in the same schema, and is made as
+ * a result table is.
+ */
+static Oid
+create_state_table(Oid nspid, const char *result_name, List *columns, int nkeys)
+{
+	char	   *name = psprintf("%s_state", result_name);
+
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("result name \"%s\" is too long", result_name),
+				 errdetail("The job keeps its state in a table named \"%s\", which must fit in %d bytes.",
+						   name, NAMEDATALEN - 1),
+				 errhint("Choose a result name of at most %d bytes.",
+						 (int) (NAMEDATALEN - 1 - strlen("_state")))));
+	if (OidIsValid(get_relname_relid(name, nspid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", name),
+				 errdetail("The job keeps the state of its groups in a table named after its result."),
+				 errhint("Choose another result name, or drop the relation.")));
+	return create_result_table(nspid, name, columns, nkeys);
+}
+
+/*
+ * Create the view that presents the job's output from its state table, as
+ * the calling role.  The settings are pinned, so its text names everything
+ * with its schema.
+ */
+static Oid
+create_result_view(Oid nspid, const char *relname, StpShape *shape, Oid state_relid)
+{
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
+
+	if (SPI_execute(psprintf("CREATE VIEW %s AS %s", qualified,
+							 stp_shape_view_sql(shape, state_relid)),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create result view %s", qualified);
+	CommandCounterIncrement();
+	return get_relname_relid(relname, nspid);
+}
+
+/*
  * A List of C strings (NULL for none) as a text[] datum for stp.jobs.
  */
 static Datum
@@ -504,6 +552,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 	List	   *kinds = NIL;
 	List	   *settings;
 	ListCell   *lc;
+	StpShape   *shape;
+	Oid			view_relid = InvalidOid;
 
 	check_not_null(fcinfo, 0, "job_name");
 	check_not_null(fcinfo, 1, "query");
@@ -552,7 +602,9 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL to let stp find the identity or bigserial column.")));
 
 	check_owner_can_login(GetUserId(), "Create the job as a role with LOGIN.");
-	if (!stp_catalog_has_column("jobs", "settings"))
+	if (!stp_catalog_has_column("jobs", "settings") ||
+		!stp_catalog_has_column("jobs", "agg_filters") ||
+		!stp_catalog_has_column("jobs", "result_view"))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the stp extension in this database is older than its library"),
@@ -573,7 +625,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	}
 
 	/* The query, analysed with the caller's search_path. */
-	stp_analyze_query(query, &def, &columns, &nkeys);
+	stp_analyze_query(query, &def, &columns, &nkeys, &shape);
 	if (pg_class_aclcheck(def.source, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -619,7 +671,13 @@ stp_start_job(PG_FUNCTION_ARGS)
 					 errmsg("%s", reason)));
 	}
 
-	if (OidIsValid(result_relid))
+	if (OidIsValid(result_relid) && shape)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", rv->relname),
+				 errdetail("The job's query computes its output from the state of its groups, so stp creates its result as a view over a state table."),
+				 errhint("Name a relation that does not exist.")));
+	else if (OidIsValid(result_relid))
 	{
 		if (result_relid == def.source)
 			ereport(ERROR,
@@ -635,9 +693,18 @@ stp_start_job(PG_FUNCTION_ARGS)
 		nspid = RangeVarGetCreationNamespace(rv);
 		save_nestlevel = NewGUCNestLevel();
 		stp_pin_settings();
-		result_relid = create_result_table(nspid, rv->relname, columns, nkeys);
+		if (shape)
+		{
+			result_relid = create_state_table(nspid, rv->relname, columns, nkeys);
+			view_relid = create_result_view(nspid, rv->relname, shape, result_relid);
+		}
+		else
+			result_relid = create_result_table(nspid, rv->relname, columns, nkeys);
 	}
 	def.result = result_relid;
+	if (shape && shape->global &&
+		SPI_execute(stp_initial_row_sql(&def), false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert the job's group");
 
 	/* The batch statement must prepare, or the job could never run. */
 	{
@@ -654,11 +721,12 @@ stp_start_job(PG_FUNCTION_ARGS)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
 
 	{
-		Oid			types[18] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+		Oid			types[20] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
 			OIDOID, INT4OID, INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID};
-		Datum		values[18];
-		char		nulls[18];
+			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
+		OIDOID};
+		Datum		values[20];
+		char		nulls[20];
 		bool		isnull;
 		int			ret;
 
@@ -684,15 +752,20 @@ stp_start_job(PG_FUNCTION_ARGS)
 		else
 			nulls[16] = 'n';
 		values[17] = text_array(settings);
+		values[18] = text_array(def.agg_filters);
+		values[19] = ObjectIdGetDatum(view_relid);
+		if (!OidIsValid(view_relid))
+			nulls[19] = 'n';
 
 		ret = stp_catalog_exec("INSERT INTO stp.jobs (job_name, owner, query, source, "
 									"order_column, sequence, result_table, partitions, batch_size, "
 									"poll_interval, timezone, key_names, key_exprs, agg_names, "
-									"agg_kinds, agg_args, where_clause, settings) VALUES ($1, $2::pg_catalog.regrole, "
+									"agg_kinds, agg_args, where_clause, settings, agg_filters, result_view) "
+									"VALUES ($1, $2::pg_catalog.regrole, "
 									"$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
-									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
-									"RETURNING job_id",
-									18, types, values, nulls, false, 0);
+									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
+									"$20::pg_catalog.regclass) RETURNING job_id",
+									20, types, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
@@ -815,12 +888,17 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(job->job_id);
 	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0);
 
-	if (drop_result && get_rel_name(job->result) != NULL)
+	if (drop_result)
 	{
 		int			save_nestlevel = NewGUCNestLevel();
 
 		stp_pin_settings();
-		if (SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(job->result)),
+		if (OidIsValid(job->result_view) && get_rel_name(job->result_view) != NULL &&
+			SPI_execute(psprintf("DROP VIEW %s", stp_qualified_relname(job->result_view)),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop the result view");
+		if (get_rel_name(job->result) != NULL &&
+			SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(job->result)),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not drop the result table");
 		AtEOXact_GUC(true, save_nestlevel);

@@ -6,7 +6,8 @@
  * The query is parsed and analysed by PostgreSQL itself, so names resolve
  * against the creating session's search_path exactly as they would for the
  * batch query.  What stp cannot run incrementally is refused here, naming
- * the unsupported part.  What it can run is taken apart into group keys,
+ * the unsupported part (functions whose value depends on when they run, in
+ * volatility.c).  What it can run is taken apart into group keys,
  * aggregates and a WHERE clause, each deparsed with a search_path of
  * pg_catalog only, so the stored text means the same in every session.
  *
@@ -90,325 +91,6 @@ check_raw_statement(const char *query_text)
 }
 
 /*
- * Functions whose value depends on when they run.
- *
- * A job reads each source row once, at a moment of its own, so its result
- * equals the batch query only if every expression's value depends on the
- * row alone.  Volatile functions are refused outright.  A STABLE function
- * may return something else in the next statement, and a worker runs one
- * statement per batch, so STABLE functions are refused too, except the
- * built-in (pg_catalog) ones listed below, which are STABLE only because
- * they read a setting that fixes how values are written and read:
- * TimeZone for timestamptz arithmetic and fields, DateStyle, IntervalStyle
- * and lc_time for the conversions between date/time types and text,
- * lc_numeric for to_char and to_number.  Those settings are the job's,
- * not the hour's.  Every other STABLE function of pg_catalog reads the
- * clock (now, age of one argument), the session (current_setting,
- * current_user, current_schema, inet_client_addr, txid_current, pg_*),
- * the catalog (to_regclass, has_*_privilege, reg* input and output,
- * format_type) or a setting that is not pinned (default_text_search_config
- * in to_tsvector, lc_monetary in money), and is refused; so is any
- * function that is not listed, since refusing a harmless one costs a
- * rewrite while accepting a harmful one costs a wrong result.
- *
- * STP_STABLE_IO marks functions that call the input or output functions
- * of their arguments' types (concat, format, ||): they are accepted only
- * when those types are built-in scalars, since a user-defined type's
- * output function could itself read the clock.
- */
-#define STP_STABLE_TIME		0
-#define STP_STABLE_IO		1
-#define STP_STABLE_TWO_ARGS	2	/* age(x, y); age(x) reads the clock */
-
-typedef struct StpStableOk
-{
-	const char *name;
-	int			kind;
-} StpStableOk;
-
-static const StpStableOk stable_ok[] = {
-	{"age", STP_STABLE_TWO_ARGS},
-	{"date", STP_STABLE_TIME},
-	{"date_part", STP_STABLE_TIME},
-	{"date_trunc", STP_STABLE_TIME},
-	{"extract", STP_STABLE_TIME},
-	{"make_timestamptz", STP_STABLE_TIME},
-	{"overlaps", STP_STABLE_TIME},
-	{"time", STP_STABLE_TIME},
-	{"timetz", STP_STABLE_TIME},
-	{"timestamp", STP_STABLE_TIME},
-	{"timestamptz", STP_STABLE_TIME},
-	{"timezone", STP_STABLE_TIME},
-	{"to_char", STP_STABLE_TIME},
-	{"to_date", STP_STABLE_TIME},
-	{"to_number", STP_STABLE_TIME},
-	{"to_timestamp", STP_STABLE_TIME},
-	{"interval_pl_timestamptz", STP_STABLE_TIME},
-	{"timestamptz_pl_interval", STP_STABLE_TIME},
-	{"timestamptz_mi_interval", STP_STABLE_TIME},
-	{"date_in", STP_STABLE_TIME},
-	{"date_out", STP_STABLE_TIME},
-	{"time_in", STP_STABLE_TIME},
-	{"timetz_in", STP_STABLE_TIME},
-	{"timestamp_in", STP_STABLE_TIME},
-	{"timestamp_out", STP_STABLE_TIME},
-	{"timestamptz_in", STP_STABLE_TIME},
-	{"timestamptz_out", STP_STABLE_TIME},
-	{"interval_in", STP_STABLE_TIME},
-	{"interval_out", STP_STABLE_TIME},
-	{"anytextcat", STP_STABLE_IO},
-	{"textanycat", STP_STABLE_IO},
-	{"concat", STP_STABLE_IO},
-	{"concat_ws", STP_STABLE_IO},
-	{"format", STP_STABLE_IO},
-	{"quote_literal", STP_STABLE_IO},
-	{"quote_nullable", STP_STABLE_IO},
-	{"array_to_string", STP_STABLE_IO},
-	{"array_out", STP_STABLE_IO},
-	{"array_in", STP_STABLE_IO},
-};
-
-/*
- * The comparisons between date, timestamp and timestamptz, such as
- * date_lt_timestamptz, read TimeZone only.
- */
-static bool
-is_datetime_comparison(const char *name)
-{
-	static const char *const prefixes[] = {"date_", "timestamp_", "timestamptz_"};
-	static const char *const suffixes[] = {"_date", "_timestamp", "_timestamptz"};
-
-	for (int i = 0; i < lengthof(prefixes); i++)
-	{
-		size_t		plen = strlen(prefixes[i]);
-
-		if (strncmp(name, prefixes[i], plen) != 0)
-			continue;
-		for (int j = 0; j < lengthof(suffixes); j++)
-		{
-			size_t		slen = strlen(suffixes[j]);
-			size_t		nlen = strlen(name);
-
-			if (nlen > plen + slen && strcmp(name + nlen - slen, suffixes[j]) == 0)
-			{
-				const char *op = name + plen;
-
-				return strncmp(op, "eq", 2) == 0 || strncmp(op, "ne", 2) == 0 ||
-					strncmp(op, "lt", 2) == 0 || strncmp(op, "le", 2) == 0 ||
-					strncmp(op, "gt", 2) == 0 || strncmp(op, "ge", 2) == 0 ||
-					strncmp(op, "cmp", 3) == 0;
-			}
-		}
-	}
-	return false;
-}
-
-/*
- * Is the type a built-in scalar (or an array of one), whose input and
- * output functions are pg_catalog's?  Composite types and domains are not.
- */
-static bool
-is_builtin_scalar_type(Oid typid)
-{
-	HeapTuple	tup;
-	Form_pg_type typ;
-	bool		ok;
-	Oid			elem;
-
-	if (typid == RECORDOID || typid == RECORDARRAYOID)
-		return false;
-	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
-	if (!HeapTupleIsValid(tup))
-		return false;
-	typ = (Form_pg_type) GETSTRUCT(tup);
-	ok = typ->typnamespace == PG_CATALOG_NAMESPACE &&
-		(typ->typtype == TYPTYPE_BASE || typ->typtype == TYPTYPE_PSEUDO);
-	elem = typ->typelem;
-	ReleaseSysCache(tup);
-	if (ok && OidIsValid(elem) && get_element_type(typid) == elem)
-		ok = is_builtin_scalar_type(elem);
-	return ok;
-}
-
-/*
- * Are all the types a node's function reads or writes built-in scalars?
- */
-static bool
-node_types_builtin(Node *node)
-{
-	List	   *args = NIL;
-	ListCell   *lc;
-
-	switch (nodeTag(node))
-	{
-		case T_FuncExpr:
-			args = ((FuncExpr *) node)->args;
-			break;
-		case T_OpExpr:
-		case T_DistinctExpr:
-		case T_NullIfExpr:
-			args = ((OpExpr *) node)->args;
-			break;
-		case T_ScalarArrayOpExpr:
-			args = ((ScalarArrayOpExpr *) node)->args;
-			break;
-		case T_CoerceViaIO:
-			return is_builtin_scalar_type(exprType((Node *) ((CoerceViaIO *) node)->arg)) &&
-				is_builtin_scalar_type(((CoerceViaIO *) node)->resulttype);
-		default:
-			return false;
-	}
-	foreach(lc, args)
-	{
-		if (!is_builtin_scalar_type(exprType(lfirst(lc))))
-			return false;
-	}
-	return true;
-}
-
-/*
- * The number of arguments of a node's function call, or -1.
- */
-static int
-node_nargs(Node *node)
-{
-	if (IsA(node, FuncExpr))
-		return list_length(((FuncExpr *) node)->args);
-	if (IsA(node, OpExpr))
-		return list_length(((OpExpr *) node)->args);
-	return -1;
-}
-
-/*
- * check_functions_in_node callback: refuse a STABLE function that may
- * return another value at another time.  context is the node.
- */
-static bool
-check_stable_function(Oid funcid, void *context)
-{
-	Node	   *node = (Node *) context;
-	HeapTuple	tup;
-	Form_pg_proc proc;
-	char		volatility;
-	Oid			nsp;
-	char	   *name;
-	bool		ok = false;
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for function %u", funcid);
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-	volatility = proc->provolatile;
-	nsp = proc->pronamespace;
-	name = pstrdup(NameStr(proc->proname));
-	ReleaseSysCache(tup);
-
-	if (volatility == PROVOLATILE_IMMUTABLE)
-		return false;
-
-	if (volatility == PROVOLATILE_STABLE && nsp != PG_CATALOG_NAMESPACE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("stable function %s is not supported in a job's query",
-						format_procedure(funcid)),
-				 errdetail("A stable function may return another value in another statement, and a job reads its rows in many statements."),
-				 errhint("Declare the function IMMUTABLE if its value depends on its arguments only.")));
-
-	if (volatility == PROVOLATILE_STABLE)
-	{
-		if (is_datetime_comparison(name))
-			ok = true;
-		for (int i = 0; !ok && i < lengthof(stable_ok); i++)
-		{
-			if (strcmp(stable_ok[i].name, name) != 0)
-				continue;
-			switch (stable_ok[i].kind)
-			{
-				case STP_STABLE_TIME:
-					ok = true;
-					break;
-				case STP_STABLE_TWO_ARGS:
-					ok = node_nargs(node) == 2;
-					break;
-				case STP_STABLE_IO:
-					ok = node_types_builtin(node);
-					break;
-			}
-		}
-	}
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("function %s() is not supported in a job's query", name),
-				 errdetail("Its value depends on when, or in which session, the job's rows are read."),
-				 errhint("A job reads each row once, at a time of its own: compare with a constant, or filter the result table when you read it.")));
-	return false;
-}
-
-/*
- * The SQL spelling of a value function such as CURRENT_DATE.
- */
-static const char *
-sql_value_function_name(SQLValueFunctionOp op)
-{
-	switch (op)
-	{
-		case SVFOP_CURRENT_DATE:
-			return "CURRENT_DATE";
-		case SVFOP_CURRENT_TIME:
-		case SVFOP_CURRENT_TIME_N:
-			return "CURRENT_TIME";
-		case SVFOP_CURRENT_TIMESTAMP:
-		case SVFOP_CURRENT_TIMESTAMP_N:
-			return "CURRENT_TIMESTAMP";
-		case SVFOP_LOCALTIME:
-		case SVFOP_LOCALTIME_N:
-			return "LOCALTIME";
-		case SVFOP_LOCALTIMESTAMP:
-		case SVFOP_LOCALTIMESTAMP_N:
-			return "LOCALTIMESTAMP";
-		case SVFOP_CURRENT_ROLE:
-			return "CURRENT_ROLE";
-		case SVFOP_CURRENT_USER:
-			return "CURRENT_USER";
-		case SVFOP_USER:
-			return "USER";
-		case SVFOP_SESSION_USER:
-			return "SESSION_USER";
-		case SVFOP_CURRENT_CATALOG:
-			return "CURRENT_CATALOG";
-		case SVFOP_CURRENT_SCHEMA:
-			return "CURRENT_SCHEMA";
-	}
-	return "?";
-}
-
-/*
- * Walk the whole analysed query and refuse what depends on when or where
- * it runs: the functions check_stable_function refuses, and every SQL
- * value function (CURRENT_DATE, CURRENT_USER, ...), which reads the clock
- * or the session.
- */
-static bool
-check_time_dependence_walker(Node *node, void *context)
-{
-	if (node == NULL)
-		return false;
-	if (IsA(node, Query))
-		return query_tree_walker((Query *) node, check_time_dependence_walker,
-								 context, 0);
-	if (IsA(node, SQLValueFunction))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s is not supported in a job's query",
-						sql_value_function_name(((SQLValueFunction *) node)->op)),
-				 errdetail("Its value depends on when, or in which session, the job's rows are read."),
-				 errhint("A job reads each row once, at a time of its own: compare with a constant, or filter the result table when you read it.")));
-	(void) check_functions_in_node(node, check_stable_function, node);
-	return expression_tree_walker(node, check_time_dependence_walker, context);
-}
-
-/*
  * The source must be a plain table that a background worker, running as
  * the job's owner, reads the same way the creating session would.
  */
@@ -467,6 +149,20 @@ check_source(RangeTblEntry *rte)
 	table_close(rel, AccessShareLock);
 }
 
+/* The variance and standard deviation aggregates, over floats only. */
+static const struct
+{
+	const char *name;
+	StpAggKind	kind;
+}			variance_aggregates[] = {
+	{"variance", STP_AGG_VAR_SAMP},
+	{"var_samp", STP_AGG_VAR_SAMP},
+	{"var_pop", STP_AGG_VAR_POP},
+	{"stddev", STP_AGG_STDDEV_SAMP},
+	{"stddev_samp", STP_AGG_STDDEV_SAMP},
+	{"stddev_pop", STP_AGG_STDDEV_POP},
+};
+
 /*
  * Map a supported aggregate to its kind, or refuse it.
  */
@@ -487,10 +183,8 @@ classify_aggregate(Aggref *agg, const char *colname)
 	nsp = proc->pronamespace;
 	ReleaseSysCache(tup);
 
-	if (agg->aggfilter)
-		refuse("FILTER clauses", "Put the condition into the query's WHERE clause, or use a separate job.");
 	if (agg->aggdistinct)
-		refuse("DISTINCT aggregates", NULL);
+		refuse("DISTINCT aggregates", "A distinct count cannot be merged from partial counts; group by the value in a job of its own, and count its rows when you read the result.");
 	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
 		refuse("ordered-set aggregates and aggregates with ORDER BY", NULL);
 
@@ -528,10 +222,36 @@ classify_aggregate(Aggref *agg, const char *colname)
 			}
 		}
 	}
+	if (nsp == PG_CATALOG_NAMESPACE)
+	{
+		if (strcmp(fname, "bool_and") == 0 || strcmp(fname, "every") == 0)
+			return STP_AGG_BOOL_AND;
+		if (strcmp(fname, "bool_or") == 0)
+			return STP_AGG_BOOL_OR;
+		if (strcmp(fname, "bit_and") == 0)
+			return STP_AGG_BIT_AND;
+		if (strcmp(fname, "bit_or") == 0)
+			return STP_AGG_BIT_OR;
+		for (int i = 0; i < lengthof(variance_aggregates); i++)
+		{
+			if (strcmp(fname, variance_aggregates[i].name) != 0)
+				continue;
+			if (argtype != FLOAT4OID && argtype != FLOAT8OID)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("%s(%s) is not supported in a job's query",
+								fname, format_type_be(argtype)),
+						 errdetail("Over %s, PostgreSQL keeps a state that stp cannot store and merge.",
+								   format_type_be(argtype)),
+						 errhint("%s is supported over real and double precision; cast the argument to double precision if a double precision result will do.",
+								 fname)));
+			return variance_aggregates[i].kind;
+		}
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), sum, min, max and avg.")));
+			 errhint("The supported aggregates are count(*), count(x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
@@ -565,13 +285,285 @@ avg_sum_type(StpAggKind kind, Oid argtype)
 }
 
 /*
+ * Refuse an output column name that stp cannot keep.  names holds the
+ * names seen so far.
+ */
+static void
+check_output_name(TargetEntry *tle, List *names)
+{
+	char	   *name = tle->resname;
+	ListCell   *lc;
+
+	if (name == NULL || strcmp(name, "?column?") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
+				 errmsg("output column %d of the job's query has no name", tle->resno),
+				 errhint("Give it a name with AS.")));
+	if (strncmp(name, "_stp_", 5) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_RESERVED_NAME),
+				 errmsg("output column name \"%s\" is reserved", name),
+				 errdetail("Names beginning with \"_stp_\" are kept for stp's state columns."),
+				 errhint("Choose another name with AS.")));
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("output column name \"%s\" appears more than once", name),
+					 errhint("Give each output column a distinct name with AS.")));
+	}
+}
+
+/*
+ * Is the output column one of the GROUP BY expressions?
+ */
+static bool
+is_group_key(Query *q, TargetEntry *tle)
+{
+	return tle->ressortgroupref != 0 &&
+		get_sortgroupref_clause_noerr(tle->ressortgroupref, q->groupClause) != NULL;
+}
+
+/*
+ * Is the query's output its state: its group keys, all selected, then its
+ * aggregates, each a column of its own, and nothing that filters or orders
+ * the groups?  Such a job merges into its result table directly.
+ */
+static bool
+is_plain(Query *q)
+{
+	bool		seen_agg = false;
+	ListCell   *lc;
+
+	if (q->groupClause == NIL || q->havingQual || q->sortClause)
+		return false;
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (is_group_key(q, tle))
+		{
+			if (tle->resjunk || seen_agg)
+				return false;
+		}
+		else if (tle->resjunk)
+			continue;
+		else if (IsA(tle->expr, Aggref))
+			seen_agg = true;
+		else
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Add a group key: its state column and its deparsed expression.
+ */
+static void
+add_key(StpJobDef *def, List **keys, const char *name, Node *expr,
+		List *dpcontext)
+{
+	Oid			type = exprType(expr);
+	Oid			coll = exprCollation(expr);
+
+	if (!stp_type_routable(type, coll))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("group key \"%s\" of type %s cannot be routed to a partition",
+						name, format_type_be(type)),
+				 errhint("A group key's type needs a hash operator class.")));
+	*keys = lappend(*keys, make_column(name, type, exprTypmod(expr), coll));
+	def->key_names = lappend(def->key_names, pstrdup(name));
+	def->key_exprs = lappend(def->key_exprs,
+							 deparse_expression(expr, dpcontext, false, false));
+}
+
+/*
+ * Add an aggregate: its state column, avg's hidden state columns, and its
+ * deparsed argument and FILTER condition.
+ */
+static void
+add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
+			  Aggref *agg, List *dpcontext)
+{
+	StpAggKind	kind = classify_aggregate(agg, name);
+	char	   *arg = NULL;
+
+	if (agg->args)
+	{
+		Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
+
+		arg = deparse_expression(argexpr, dpcontext, false, false);
+		if (STP_AGG_IS_VARIANCE(kind))
+		{
+			if (strlen(stp_variance_state_column(name)) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("name of %s column \"%s\" is too long",
+								stp_agg_kind_name(kind), name),
+						 errdetail("stp keeps its state in a column named \"_stp_<name>_state\", which must fit in %d bytes.",
+								   NAMEDATALEN - 1),
+						 errhint("Give the column a name of at most %d bytes.",
+								 (int) (NAMEDATALEN - 1 - strlen("_stp__state")))));
+			*state = lappend(*state,
+							 make_column(stp_variance_state_column(name),
+										 FLOAT8ARRAYOID, -1, InvalidOid));
+		}
+		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		{
+			if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("name of avg column \"%s\" is too long", name),
+						 errdetail("stp keeps avg's state in columns named \"_stp_<name>_sum\" and \"_stp_<name>_count\", which must fit in %d bytes.",
+								   NAMEDATALEN - 1),
+						 errhint("Give the avg column a name of at most %d bytes.",
+								 (int) (NAMEDATALEN - 1 - strlen("_stp__count")))));
+			*state = lappend(*state,
+							 make_column(stp_avg_sum_column(name),
+										 avg_sum_type(kind, exprType(argexpr)),
+										 -1, InvalidOid));
+			*state = lappend(*state,
+							 make_column(stp_avg_count_column(name),
+										 INT8OID, -1, InvalidOid));
+		}
+	}
+	*aggs = lappend(*aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
+	def->agg_names = lappend(def->agg_names, pstrdup(name));
+	def->agg_kinds = lappend_int(def->agg_kinds, kind);
+	def->agg_args = lappend(def->agg_args, arg);
+	def->agg_filters = lappend(def->agg_filters, agg->aggfilter ?
+							   deparse_expression((Node *) agg->aggfilter,
+												  dpcontext, false, false) : NULL);
+}
+
+/*
+ * Walker: collect each distinct aggregate call, not descending into one.
+ */
+static bool
+collect_aggrefs_walker(Node *node, List **aggrefs)
+{
+	ListCell   *lc;
+
+	if (node == NULL)
+		return false;
+	if (IsA(node, Aggref))
+	{
+		foreach(lc, *aggrefs)
+		{
+			if (equal(lfirst(lc), node))
+				return false;
+		}
+		*aggrefs = lappend(*aggrefs, node);
+		return false;
+	}
+	return expression_tree_walker(node, collect_aggrefs_walker, aggrefs);
+}
+
+/*
+ * Take a query that is its own state apart: the keys as they are selected,
+ * then each aggregate column.
+ */
+static void
+analyze_plain(Query *q, StpJobDef *def, List **keys, List **aggs,
+			  List **state, List *dpcontext)
+{
+	ListCell   *lc;
+
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (tle->resjunk)
+			continue;
+		if (is_group_key(q, tle))
+			add_key(def, keys, tle->resname, (Node *) tle->expr, dpcontext);
+		else
+			add_aggregate(def, aggs, state, tle->resname, (Aggref *) tle->expr,
+						  dpcontext);
+	}
+}
+
+/*
+ * Take a query whose output is computed from its state apart: its state
+ * keeps every grouping expression (named as the column that selects it,
+ * or _stp_k<i>) and every distinct aggregate call (_stp_a<i>), and the
+ * shape keeps what the result view computes from them.  A query without
+ * GROUP BY has one group, keyed by a constant, which one partition owns.
+ */
+static StpShape *
+analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
+			   List **aggs, List **state, List *dpcontext)
+{
+	StpShape   *shape = palloc0(sizeof(StpShape));
+	ListCell   *lc;
+
+	foreach(lc, q->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+
+		if (!tle->resjunk)
+			shape->outputs = lappend(shape->outputs, tle);
+	}
+	shape->source = rte_relid;
+	shape->having = q->havingQual;
+	shape->sort = q->sortClause;
+	foreach(lc, q->sortClause)
+	{
+		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
+
+		shape->sort_exprs = lappend(shape->sort_exprs,
+									get_sortgroupclause_expr(sgc, q->targetList));
+	}
+
+	if (q->groupClause == NIL)
+	{
+		if (def->partitions > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job's query without GROUP BY cannot have more than one partition"),
+					 errdetail("The query has one group, which one partition computes."),
+					 errhint("Use partitions => 1.")));
+		shape->global = true;
+		*keys = lappend(*keys, make_column("_stp_all", BOOLOID, -1, InvalidOid));
+		def->key_names = lappend(def->key_names, pstrdup("_stp_all"));
+		def->key_exprs = lappend(def->key_exprs, pstrdup("true"));
+	}
+	foreach(lc, q->groupClause)
+	{
+		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, q->targetList);
+		char	   *name = tle->resjunk ?
+			psprintf("_stp_k%d", foreach_current_index(lc)) : tle->resname;
+
+		add_key(def, keys, name, (Node *) tle->expr, dpcontext);
+		shape->key_exprs = lappend(shape->key_exprs, tle->expr);
+		shape->key_columns = lappend(shape->key_columns, name);
+	}
+
+	(void) collect_aggrefs_walker((Node *) q->targetList, &shape->aggrefs);
+	(void) collect_aggrefs_walker(q->havingQual, &shape->aggrefs);
+	foreach(lc, shape->aggrefs)
+	{
+		char	   *name = psprintf("_stp_a%d", foreach_current_index(lc));
+
+		add_aggregate(def, aggs, state, name, lfirst_node(Aggref, lc), dpcontext);
+		shape->agg_columns = lappend(shape->agg_columns, name);
+	}
+	return shape;
+}
+
+/*
  * Analyse the job's query.  Fills in the source and the deparsed pieces of
- * def, and returns the result table's columns: the keys first (nkeys of
- * them), then the aggregates, then avg's hidden state columns.
+ * def, and returns the state table's columns: the keys first (nkeys of
+ * them), then the aggregates, then avg's hidden state columns.  *shape is
+ * NULL when the query's output is its state; else it describes the view
+ * that presents the output.
  */
 void
 stp_analyze_query(const char *query_text, StpJobDef *def,
-				  List **columns, int *nkeys)
+				  List **columns, int *nkeys, StpShape **shape)
 {
 	SelectStmt *ss;
 	RawStmt    *rs;
@@ -603,12 +595,9 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 		refuse("set-returning functions", NULL);
 	if (q->distinctClause)
 		refuse("DISTINCT clauses", NULL);
-	if (q->havingQual)
-		refuse("HAVING clauses", "Filter the result table when you read it instead.");
-	if (q->sortClause)
-		refuse("ORDER BY clauses", "Order the result table when you read it instead.");
 	if (q->limitCount || q->limitOffset)
-		refuse("LIMIT and OFFSET clauses", NULL);
+		refuse("LIMIT and OFFSET clauses",
+			   "A job keeps every group up to date; apply LIMIT when you read the result.");
 	if (q->groupingSets)
 		refuse("GROUPING SETS, ROLLUP and CUBE", "Use one job per grouping.");
 
@@ -640,25 +629,22 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 				 errmsg("volatile functions are not supported in a job's query"),
 				 errdetail("A job's result must not depend on when its rows are read."),
 				 errhint("Remove calls such as random(), clock_timestamp() or nextval().")));
-	(void) check_time_dependence_walker((Node *) q, NULL);
+	stp_check_time_dependence((Node *) q);
 
-	if (q->groupClause == NIL)
+	if (q->groupClause == NIL && !q->hasAggs)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a job's query needs a GROUP BY clause"),
-				 errhint("A job keeps one result row per group; to keep a single total, group by a constant column of the source.")));
+				 errmsg("a job's query needs a GROUP BY clause or an aggregate"),
+				 errhint("A job keeps the result of an aggregation, one row per group.")));
 
-	/* Every grouping expression must be an output column, to key the result. */
-	foreach(lc, q->groupClause)
+	foreach(lc, q->targetList)
 	{
-		SortGroupClause *sgc = lfirst_node(SortGroupClause, lc);
-		TargetEntry *tle = get_sortgroupclause_tle(sgc, q->targetList);
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
 
 		if (tle->resjunk)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("every GROUP BY expression must appear in the select list"),
-					 errhint("Add the grouping expression to the select list, with a name, so that it keys the result table.")));
+			continue;
+		check_output_name(tle, names);
+		names = lappend(names, tle->resname);
 	}
 
 	/* Deparse with a search_path that makes every name fully qualified. */
@@ -667,100 +653,14 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 	dpcontext = deparse_context_for(get_rel_name(rte->relid), rte->relid);
 
 	def->key_names = def->key_exprs = NIL;
-	def->agg_names = def->agg_kinds = def->agg_args = NIL;
-	foreach(lc, q->targetList)
+	def->agg_names = def->agg_kinds = def->agg_args = def->agg_filters = NIL;
+	if (is_plain(q))
 	{
-		TargetEntry *tle = lfirst_node(TargetEntry, lc);
-		Node	   *expr = (Node *) tle->expr;
-		char	   *name = tle->resname;
-		ListCell   *lc2;
-
-		if (tle->resjunk)
-			continue;
-		if (name == NULL || strcmp(name, "?column?") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
-					 errmsg("output column %d of the job's query has no name", tle->resno),
-					 errhint("Give it a name with AS.")));
-		if (strncmp(name, "_stp_", 5) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_RESERVED_NAME),
-					 errmsg("output column name \"%s\" is reserved", name),
-					 errdetail("Names beginning with \"_stp_\" are kept for stp's state columns."),
-					 errhint("Choose another name with AS.")));
-		foreach(lc2, names)
-		{
-			if (strcmp((char *) lfirst(lc2), name) == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_DUPLICATE_COLUMN),
-						 errmsg("output column name \"%s\" appears more than once", name),
-						 errhint("Give each output column a distinct name with AS.")));
-		}
-		names = lappend(names, name);
-
-		if (tle->ressortgroupref != 0 &&
-			get_sortgroupref_clause_noerr(tle->ressortgroupref, q->groupClause))
-		{
-			Oid			type = exprType(expr);
-			Oid			coll = exprCollation(expr);
-
-			if (!stp_type_routable(type, coll))
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("group key \"%s\" of type %s cannot be routed to a partition",
-								name, format_type_be(type)),
-						 errhint("A group key's type needs a hash operator class.")));
-			keys = lappend(keys, make_column(name, type, exprTypmod(expr), coll));
-			def->key_names = lappend(def->key_names, pstrdup(name));
-			def->key_exprs = lappend(def->key_exprs,
-									 deparse_expression(expr, dpcontext, false, false));
-		}
-		else if (IsA(expr, Aggref))
-		{
-			Aggref	   *agg = (Aggref *) expr;
-			StpAggKind	kind = classify_aggregate(agg, name);
-			char	   *arg = NULL;
-
-			if (agg->args)
-			{
-				Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
-
-				arg = deparse_expression(argexpr, dpcontext, false, false);
-				if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
-				{
-					if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
-						ereport(ERROR,
-								(errcode(ERRCODE_NAME_TOO_LONG),
-								 errmsg("name of avg column \"%s\" is too long", name),
-								 errdetail("stp keeps avg's state in columns named \"_stp_<name>_sum\" and \"_stp_<name>_count\", which must fit in %d bytes.",
-										   NAMEDATALEN - 1),
-								 errhint("Give the avg column a name of at most %d bytes.",
-										 (int) (NAMEDATALEN - 1 - strlen("_stp__count")))));
-					state = lappend(state,
-									make_column(stp_avg_sum_column(name),
-												avg_sum_type(kind, exprType(argexpr)),
-												-1, InvalidOid));
-					state = lappend(state,
-									make_column(stp_avg_count_column(name),
-												INT8OID, -1, InvalidOid));
-				}
-			}
-			aggs = lappend(aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
-			def->agg_names = lappend(def->agg_names, pstrdup(name));
-			def->agg_kinds = lappend_int(def->agg_kinds, kind);
-			def->agg_args = lappend(def->agg_args, arg);
-		}
-		else if (contain_agg_clause(expr))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("output column \"%s\" computes with an aggregate's result", name),
-					 errhint("Each aggregate must be an output column of its own, such as sum(x) AS s; compute with it when you read the result table.")));
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("output column \"%s\" is neither a GROUP BY expression nor an aggregate", name),
-					 errhint("Group by the expression itself, or compute it when you read the result table.")));
+		analyze_plain(q, def, &keys, &aggs, &state, dpcontext);
+		*shape = NULL;
 	}
+	else
+		*shape = analyze_shaped(q, rte->relid, def, &keys, &aggs, &state, dpcontext);
 
 	def->source = rte->relid;
 	def->where_clause = q->jointree->quals ?

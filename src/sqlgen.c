@@ -37,9 +37,41 @@ stp_avg_count_column(const char *name)
 	return psprintf("_stp_%s_count", name);
 }
 
+/*
+ * The name of the state column that keeps the float8[] transition state
+ * {N, Sx, Sxx} of variance and stddev for output column name.
+ */
+char *
+stp_variance_state_column(const char *name)
+{
+	return psprintf("_stp_%s_state", name);
+}
+
 static const char *const agg_kind_names[] = {
-	"count", "sum", "min", "max", "avg_numeric", "avg_float"
+	"count", "sum", "min", "max", "avg_numeric", "avg_float",
+	"bool_and", "bool_or", "bit_and", "bit_or",
+	"var_samp", "var_pop", "stddev_samp", "stddev_pop"
 };
+
+/*
+ * PostgreSQL's final function of a variance or stddev kind, which computes
+ * the aggregate's value from its float8[] state.
+ */
+static const char *
+variance_final_function(StpAggKind kind)
+{
+	switch (kind)
+	{
+		case STP_AGG_VAR_SAMP:
+			return "pg_catalog.float8_var_samp";
+		case STP_AGG_VAR_POP:
+			return "pg_catalog.float8_var_pop";
+		case STP_AGG_STDDEV_SAMP:
+			return "pg_catalog.float8_stddev_samp";
+		default:
+			return "pg_catalog.float8_stddev_pop";
+	}
+}
 
 /*
  * How an aggregate kind is spelled in stp.jobs.agg_kinds.
@@ -66,8 +98,21 @@ stp_agg_kind_from_name(const char *name)
 }
 
 /*
- * The position of the job's first count(*) aggregate, or -1.  Its column
- * counts the batch's source rows, so no separate count is needed.
+ * The FILTER clause of the job's i-th aggregate, or an empty string.
+ */
+static const char *
+filter_clause(StpJobDef *def, int i)
+{
+	char	   *cond = i < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, i) : NULL;
+
+	return cond ? psprintf(" FILTER (WHERE (%s))", cond) : "";
+}
+
+/*
+ * The position of the job's first count(*) aggregate without a FILTER, or
+ * -1.  Its column counts the batch's source rows, so no separate count is
+ * needed.
  */
 static int
 count_star_position(StpJobDef *def)
@@ -77,19 +122,20 @@ count_star_position(StpJobDef *def)
 
 	forboth(lc, def->agg_kinds, lc2, def->agg_args)
 	{
-		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT && lfirst(lc2) == NULL)
+		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT && lfirst(lc2) == NULL &&
+			filter_clause(def, foreach_current_index(lc))[0] == '\0')
 			return foreach_current_index(lc);
 	}
 	return -1;
 }
 
 /*
- * Does the aggregate keep state columns in the result table?
+ * Does the aggregate keep avg's sum and count columns in the result table?
  */
 static bool
 is_avg(StpAggKind kind)
 {
-	return kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT;
+	return STP_AGG_IS_AVG(kind);
 }
 
 /*
@@ -180,19 +226,21 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
 		char	   *arg = (char *) lfirst(lc2);
 
+		const char *f = filter_clause(def, i);
+
 		switch (kind)
 		{
 			case STP_AGG_COUNT:
-				appendStringInfo(&buf, "pg_catalog.count(%s)", arg ? arg : "*");
+				appendStringInfo(&buf, "pg_catalog.count(%s)%s", arg ? arg : "*", f);
 				break;
 			case STP_AGG_SUM:
-				appendStringInfo(&buf, "pg_catalog.sum(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.sum(%s)%s", arg, f);
 				break;
 			case STP_AGG_MIN:
-				appendStringInfo(&buf, "pg_catalog.min(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.min(%s)%s", arg, f);
 				break;
 			case STP_AGG_MAX:
-				appendStringInfo(&buf, "pg_catalog.max(%s)", arg);
+				appendStringInfo(&buf, "pg_catalog.max(%s)%s", arg, f);
 				break;
 
 				/*
@@ -202,19 +250,46 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 				 * than avg() next to sum() and count().
 				 */
 			case STP_AGG_AVG_NUMERIC:
-				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
-								 "(pg_catalog.sum(%s))::pg_catalog.numeric / (pg_catalog.count(%s))::pg_catalog.numeric END AS a%d, "
-								 "pg_catalog.sum(%s) AS s%d, pg_catalog.count(%s)",
-								 arg, arg, arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s)%s = 0 THEN NULL ELSE "
+								 "(pg_catalog.sum(%s)%s)::pg_catalog.numeric / (pg_catalog.count(%s)%s)::pg_catalog.numeric END AS a%d, "
+								 "pg_catalog.sum(%s)%s AS s%d, pg_catalog.count(%s)%s",
+								 arg, f, arg, f, arg, f, i, arg, f, i, arg, f);
 				break;
 			case STP_AGG_AVG_FLOAT:
-				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s) = 0 THEN NULL ELSE "
-								 "pg_catalog.sum((%s)::pg_catalog.float8) / (pg_catalog.count(%s))::pg_catalog.float8 END AS a%d, "
-								 "pg_catalog.sum((%s)::pg_catalog.float8) AS s%d, pg_catalog.count(%s)",
-								 arg, arg, arg, i, arg, i, arg);
+				appendStringInfo(&buf, "CASE WHEN pg_catalog.count(%s)%s = 0 THEN NULL ELSE "
+								 "pg_catalog.sum((%s)::pg_catalog.float8)%s / (pg_catalog.count(%s)%s)::pg_catalog.float8 END AS a%d, "
+								 "pg_catalog.sum((%s)::pg_catalog.float8)%s AS s%d, pg_catalog.count(%s)%s",
+								 arg, f, arg, f, arg, f, i, arg, f, i, arg, f);
+				break;
+			case STP_AGG_BOOL_AND:
+				appendStringInfo(&buf, "pg_catalog.bool_and(%s)%s", arg, f);
+				break;
+			case STP_AGG_BOOL_OR:
+				appendStringInfo(&buf, "pg_catalog.bool_or(%s)%s", arg, f);
+				break;
+			case STP_AGG_BIT_AND:
+				appendStringInfo(&buf, "pg_catalog.bit_and(%s)%s", arg, f);
+				break;
+			case STP_AGG_BIT_OR:
+				appendStringInfo(&buf, "pg_catalog.bit_or(%s)%s", arg, f);
+				break;
+
+				/*
+				 * The batch's partial state is the one PostgreSQL's own
+				 * float8 variance aggregates keep, and its value their final
+				 * function of it.
+				 */
+			case STP_AGG_VAR_SAMP:
+			case STP_AGG_VAR_POP:
+			case STP_AGG_STDDEV_SAMP:
+			case STP_AGG_STDDEV_POP:
+				appendStringInfo(&buf, "%s(stp.float8_accum_state((%s)::pg_catalog.float8)%s) AS a%d, "
+								 "stp.float8_accum_state((%s)::pg_catalog.float8)%s",
+								 variance_final_function(kind), arg, f, i, arg, f);
 				break;
 		}
-		appendStringInfo(&buf, " AS %c%d, ", is_avg(kind) ? 'n' : 'a', i);
+		appendStringInfo(&buf, " AS %c%d, ",
+						 is_avg(kind) ? 'n' : STP_AGG_IS_VARIANCE(kind) ? 'v' : 'a', i);
 		i++;
 	}
 	if (count_star_position(def) < 0)
@@ -241,6 +316,49 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
 	appendStringInfoString(out, buf.data);
 	pfree(buf.data);
+}
+
+/*
+ * The INSERT of the one group of a job without GROUP BY, as the batch query
+ * returns it over no rows: counts 0, every other aggregate NULL.  The job
+ * then returns that row before any source row arrives, as the batch query
+ * does over an empty table.
+ */
+char *
+stp_initial_row_sql(StpJobDef *def)
+{
+	StringInfoData buf;
+	ListCell   *lc,
+			   *lc2;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "INSERT INTO %s (%s", stp_qualified_relname(def->result),
+					 quote_identifier(linitial(def->key_names)));
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		if (kind == STP_AGG_COUNT)
+			appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
+		else if (is_avg(kind))
+			appendStringInfo(&buf, ", %s",
+							 quote_identifier(stp_avg_count_column(lfirst(lc))));
+		else if (STP_AGG_IS_VARIANCE(kind))
+			appendStringInfo(&buf, ", %s",
+							 quote_identifier(stp_variance_state_column(lfirst(lc))));
+	}
+	appendStringInfoString(&buf, ") VALUES (true");
+	foreach(lc, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
+
+		if (kind == STP_AGG_COUNT || is_avg(kind))
+			appendStringInfoString(&buf, ", 0");
+		else if (STP_AGG_IS_VARIANCE(kind))
+			appendStringInfoString(&buf, ", '{0,0,0}'");
+	}
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
 }
 
 /*
@@ -303,6 +421,11 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 				vals = lappend(vals, psprintf("s%d", i));
 				vals = lappend(vals, psprintf("n%d", i));
 			}
+			if (STP_AGG_IS_VARIANCE((StpAggKind) lfirst_int(lc2)))
+			{
+				cols = lappend(cols, (char *) quote_identifier(stp_variance_state_column(lfirst(lc))));
+				vals = lappend(vals, psprintf("v%d", i));
+			}
 			i++;
 		}
 		append_joined(&buf, cols);
@@ -361,6 +484,40 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 					appendStringInfo(&buf, "%s = ", s);
 					append_sum_merge(&buf, s);
 					appendStringInfo(&buf, ", %s = r.%s + EXCLUDED.%s", n, n, n);
+				}
+				break;
+
+				/*
+				 * r op e is NULL when either is, so COALESCE keeps the other
+				 * side, and NULL only when both are: the aggregate over
+				 * nothing but NULLs.
+				 */
+			case STP_AGG_BOOL_AND:
+				appendStringInfo(&buf, "COALESCE(r.%s AND EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+								 col, col, col, col);
+				break;
+			case STP_AGG_BOOL_OR:
+				appendStringInfo(&buf, "COALESCE(r.%s OR EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+								 col, col, col, col);
+				break;
+			case STP_AGG_BIT_AND:
+				appendStringInfo(&buf, "COALESCE(r.%s OPERATOR(pg_catalog.&) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+								 col, col, col, col);
+				break;
+			case STP_AGG_BIT_OR:
+				appendStringInfo(&buf, "COALESCE(r.%s OPERATOR(pg_catalog.|) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+								 col, col, col, col);
+				break;
+			case STP_AGG_VAR_SAMP:
+			case STP_AGG_VAR_POP:
+			case STP_AGG_STDDEV_SAMP:
+			case STP_AGG_STDDEV_POP:
+				{
+					const char *st = quote_identifier(stp_variance_state_column(lfirst(lc)));
+
+					appendStringInfo(&buf, "%s(pg_catalog.float8_combine(r.%s, EXCLUDED.%s)), "
+									 "%s = pg_catalog.float8_combine(r.%s, EXCLUDED.%s)",
+									 variance_final_function(kind), st, st, st, st, st);
 				}
 				break;
 		}

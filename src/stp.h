@@ -125,8 +125,22 @@ typedef enum StpAggKind
 	STP_AGG_MIN,
 	STP_AGG_MAX,
 	STP_AGG_AVG_NUMERIC,		/* avg over integers and numeric */
-	STP_AGG_AVG_FLOAT			/* avg over float4 and float8 */
+	STP_AGG_AVG_FLOAT,			/* avg over float4 and float8 */
+	STP_AGG_BOOL_AND,			/* bool_and and every */
+	STP_AGG_BOOL_OR,
+	STP_AGG_BIT_AND,
+	STP_AGG_BIT_OR,
+	/* over float4 and float8, with a float8[] state {N, Sx, Sxx} */
+	STP_AGG_VAR_SAMP,			/* var_samp and variance */
+	STP_AGG_VAR_POP,
+	STP_AGG_STDDEV_SAMP,		/* stddev_samp and stddev */
+	STP_AGG_STDDEV_POP
 } StpAggKind;
+
+#define STP_AGG_IS_AVG(kind) \
+	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT)
+#define STP_AGG_IS_VARIANCE(kind) \
+	((kind) >= STP_AGG_VAR_SAMP && (kind) <= STP_AGG_STDDEV_POP)
 
 typedef struct StpJobDef
 {
@@ -147,6 +161,7 @@ typedef struct StpJobDef
 	List	   *agg_names;		/* of char * */
 	List	   *agg_kinds;		/* of int (StpAggKind) */
 	List	   *agg_args;		/* of char *, NULL for count(*) */
+	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
 } StpJobDef;
 
@@ -157,6 +172,8 @@ extern char *stp_agg_kind_name(StpAggKind kind);
 extern StpAggKind stp_agg_kind_from_name(const char *name);
 extern char *stp_avg_sum_column(const char *name);
 extern char *stp_avg_count_column(const char *name);
+extern char *stp_variance_state_column(const char *name);
+extern char *stp_initial_row_sql(StpJobDef *def);
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn
@@ -167,9 +184,36 @@ typedef struct StpColumn
 	Oid			collation;
 } StpColumn;
 
+/*
+ * A query whose output is not its state: it computes with aggregates, has
+ * HAVING or ORDER BY, groups on keys it does not select, orders its
+ * columns otherwise, or has no GROUP BY.  The job then merges into a state
+ * table, and a view presents the query's output from it.  The trees are
+ * the analysed query's, valid while the creating transaction runs.
+ */
+typedef struct StpShape
+{
+	List	   *outputs;		/* of TargetEntry, the query's output columns */
+	Node	   *having;			/* NULL if none */
+	List	   *sort;			/* of SortGroupClause, the ORDER BY */
+	List	   *sort_exprs;		/* of Node *, the expression each sorts on */
+	List	   *key_exprs;		/* of Node *, the grouping expressions */
+	List	   *key_columns;	/* of char *, their state columns */
+	List	   *aggrefs;		/* of Aggref *, each distinct aggregate */
+	List	   *agg_columns;	/* of char *, their state columns */
+	bool		global;			/* no GROUP BY: one group, always present */
+	Oid			source;			/* the source table */
+} StpShape;
+
 /* query.c */
 extern void stp_analyze_query(const char *query_text, StpJobDef *def,
-							  List **columns, int *nkeys);
+							  List **columns, int *nkeys, StpShape **shape);
+
+/* volatility.c */
+extern void stp_check_time_dependence(Node *query);
+
+/* shape.c */
+extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
 
 /* Saved identity while running with the extension owner's rights. */
 typedef struct StpRights

@@ -321,6 +321,9 @@ check_job_relations(void)
 			check_result_column(stp_avg_count_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
 		}
+		if (STP_AGG_IS_VARIANCE(kind))
+			check_result_column(stp_variance_state_column(lfirst(lc)),
+								TupleDescAttr(desc, col++));
 	}
 	SPI_freetuptable(SPI_tuptable);
 }

@@ -10,7 +10,10 @@
 # timestamptz, boolean, NULL, expressions, date_bin and date_trunc windows,
 # multi-column keys), the aggregates count(*), count(x), sum, min, max and
 # avg over int2/int4/int8/numeric/float4/float8 (and text, timestamptz for
-# min/max), WHERE clauses, 1 to 4 partitions, small batch sizes, and the
+# min/max), FILTER, bool_and/bool_or/every/bit_and/bit_or, stddev and
+# variance over floats, output columns computed from aggregates, HAVING,
+# ORDER BY and a query without GROUP BY (results that are views over a
+# state table), WHERE clauses, 1 to 4 partitions, small batch sizes, and the
 # creating session's TimeZone, DateStyle, IntervalStyle and
 # extra_float_digits.  Half of the jobs start before the writers, half while
 # they write.  Concurrent writers (forked, one psql per script) mix
@@ -303,6 +306,32 @@ for my $f (qw(min max))
 push @AGGS, [ "avg_$_", "avg($_)", 1 ] for qw(v_i2 v_i4 v_i8 v_num v_f4 v_f8 v_f8s);
 # Output names that must be quoted, also in avg's state columns.
 push @AGGS, [ 'Sum "I4"', 'sum(v_i4)', 1 ], [ 'Avg Num', 'avg(v_num)', 1 ];
+# FILTER on every kind of aggregate.
+push @AGGS, [ 'n_pos', 'count(*) FILTER (WHERE v_i4 > 0)', 0 ],
+  [ 'cnt_txt_f', q{count(v_txt) FILTER (WHERE k_txt >= 'b')}, 0 ],
+  [ 'sum_num_f', 'sum(v_num) FILTER (WHERE k_bool)', 1 ],
+  [ 'avg_i8_f', 'avg(v_i8) FILTER (WHERE v_i2 % 2 = 0)', 1 ],
+  [ 'min_txt_f', 'min(v_txt) FILTER (WHERE v_i4 < 0)', 0 ],
+  [ 'max_f8_f', 'max(v_f8) FILTER (WHERE k_int > 0)', 0 ];
+# Boolean and bitwise aggregates, NULL where all inputs are.
+push @AGGS, [ 'all_pos', 'bool_and(v_i4 > 0)', 0 ], [ 'any_bool', 'bool_or(k_bool)', 0 ],
+  [ 'every_i2', 'every(v_i2 < 100)', 0 ], [ 'and_i4', 'bit_and(v_i4)', 0 ],
+  [ 'or_i8', 'bit_or(v_i8)', 0 ], [ 'or_i2_f', 'bit_or(v_i2) FILTER (WHERE k_bool)', 0 ];
+# Variance and standard deviation over floats.
+push @AGGS, [ 'sd_f8', 'stddev(v_f8)', 0 ], [ 'vpop_f4', 'var_pop(v_f4)', 0 ],
+  [ 'sdpop_f8', 'stddev_pop(v_f8)', 0 ], [ 'vsamp_f8', 'var_samp(v_f8)', 0 ],
+  [ 'var_f4', 'variance(v_f4)', 0 ], [ 'sdsamp_f4_f', 'stddev_samp(v_f4) FILTER (WHERE v_i4 > 0)', 0 ];
+# Output columns that compute with aggregates: the job's result is a view
+# over its state table.
+push @AGGS, [ 'sum_i4_x2', 'sum(v_i4) * 2', 0 ],
+  [ 'mean_num', 'sum(v_num) / nullif(count(v_num), 0)', 1 ],
+  [ 'span_i4', 'max(v_i4)::int8 - min(v_i4)', 0 ],
+  [ 'half_avg_f8', '0.5 * avg(v_f8)', 0 ],
+  [ 'frac_txt', 'count(v_txt)::float8 / count(*)', 0 ];
+
+# HAVING clauses, for jobs whose result is a view.
+my @HAVINGS = ('count(*) > 1', 'sum(v_i4) IS NOT NULL', 'max(v_i2) > 0 OR count(*) = 1',
+	'avg(v_f4) IS DISTINCT FROM 0');
 
 # WHERE clauses, several with constants of types whose text form depends
 # on the session (timestamptz, date, interval, float8).
@@ -350,9 +379,21 @@ sub make_jobs
 	my @jobs = map { { keys => [], aggs => [] } } 0 .. $njobs - 1;
 	my @k = shuffle(0 .. $#KEYS);
 	push @{ $jobs[ $_ % $njobs ]{keys} }, $k[$_] for 0 .. $#k;
-	my @a = shuffle(0 .. $#AGGS);
+	my @a = shuffle(grep { !$selftest || $AGGS[$_][1] =~ /^(count|sum|min|max|avg)\([^()]*\)$/ } 0 .. $#AGGS);
 	push @{ $jobs[ $_ % $njobs ]{aggs} }, $a[$_] for 0 .. $#a;
 	my @parts = shuffle(map { ($_ % 4) + 1 } 0 .. $njobs - 1);
+
+	# One job has no GROUP BY, so one partition; its keys go to the last
+	# job, which keeps only its groups, and it takes a partition count of
+	# 1 from another job.  Not in the self-test, which updates the result.
+	my $global = $selftest ? -1 : $njobs - 2;
+	if ($global >= 0)
+	{
+		push @{ $jobs[-1]{keys} }, @{ $jobs[$global]{keys} };
+		$jobs[$global]{keys} = [];
+		my ($one) = grep { $parts[$_] == 1 } 0 .. $#parts;
+		@parts[ $one, $global ] = @parts[ $global, $one ];
+	}
 
 	for my $i (0 .. $njobs - 1)
 	{
@@ -360,15 +401,17 @@ sub make_jobs
 		$j->{name} = "j$i";
 		$j->{index} = $i;
 
-		# 1 to 4 keys.
+		# 1 to 4 keys (the keys-only job may take more, the global job
+		# none).
 		my $want = 1 + int(rand(4));
 		$want = @{ $j->{keys} } if $want < @{ $j->{keys} };
+		$want = 0 if $i == $global;
 		while (@{ $j->{keys} } < $want)
 		{
 			my $x = int(rand(@KEYS));
 			push @{ $j->{keys} }, $x unless grep { $_ == $x } @{ $j->{keys} };
 		}
-		splice(@{ $j->{keys} }, 4) if @{ $j->{keys} } > 4;
+		splice(@{ $j->{keys} }, 4) if @{ $j->{keys} } > 4 && $i != $njobs - 1;
 
 		# 3 to 9 aggregates; the last job keeps only its groups.
 		if ($i == $njobs - 1)
@@ -380,7 +423,7 @@ sub make_jobs
 			my $w = 3 + int(rand(7));
 			while (@{ $j->{aggs} } < $w)
 			{
-				my $x = int(rand(@AGGS));
+				my $x = $a[ int(rand(@a)) ];
 				push @{ $j->{aggs} }, $x unless grep { $_ == $x } @{ $j->{aggs} };
 			}
 		}
@@ -442,12 +485,19 @@ sub make_jobs
 		}
 		$j->{items} = \@items;
 		$j->{key_names} = [ map { $_->{name} } grep { $_->{key} } @items ];
+		# A third of the other jobs filter their groups with HAVING, and a
+		# third order them: their result is a view.
+		my $having = (!$selftest && $i != $njobs - 1 && rand() < 0.33) ? pick(@HAVINGS) : undef;
+		my $order = (!$selftest && @items && rand() < 0.33)
+		  ? ' ORDER BY 1 ' . pick('ASC', 'DESC NULLS LAST', 'NULLS FIRST') : '';
 		$j->{query} =
 		    'SELECT '
 		  . join(', ', map { "$_->{expr} AS " . qi($_->{name}) } @items)
 		  . " FROM $j->{source}"
 		  . (defined $j->{where} ? " WHERE $j->{where}" : '')
-		  . ' GROUP BY ' . join(', ', @group);
+		  . (@group ? ' GROUP BY ' . join(', ', @group) : '')
+		  . (defined $having ? " HAVING $having" : '')
+		  . $order;
 	}
 	return @jobs;
 }
@@ -850,6 +900,7 @@ SELECT count(*) FROM $j->{source}} . (defined $j->{where} ? " WHERE $j->{where}"
 	};
 	my $sel = join(', ', map { $col->($_) } @compare);
 	my $keylist = join(', ', map { qi($_->{name}) } @keys);
+	my $groupby = @keys ? $keylist : '()';
 	my @aggcols;
 	my @checks = (qq{('(group)', CASE WHEN _nr = 1 AND _nb = 1 THEN NULL
 		WHEN _nr = 0 THEN 'group missing from the result table'
@@ -903,7 +954,7 @@ SELECT (array_agg(ROW($keylist)::text ORDER BY _r DESC))[1] AS _grp,
 FROM (SELECT true AS _r, $sel FROM $j->{result}
       UNION ALL
       SELECT false AS _r, $sel FROM $bt) u
-GROUP BY $keylist;
+GROUP BY $groupby;
 SELECT count(*), count(*) FILTER (WHERE _nb > 0), count(*) FILTER (WHERE _nr > 0) FROM $g;
 SELECT '#' || _grp, c.col, c.what, coalesce(c.rv, 'NULL'), coalesce(c.bv, 'NULL')
 FROM $g CROSS JOIN LATERAL (VALUES } . join(",\n  ", @checks) . qq{) c(col, what, rv, bv)
