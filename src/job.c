@@ -60,7 +60,9 @@ typedef struct StpJobRef
 
 /*
  * Find a job by name.  With for_update, lock its row and check that the
- * caller may manage it.  Errors if it does not exist.
+ * caller may manage it.  Errors if it does not exist.  The caller is
+ * connected to SPI; the result is allocated in the context it had before
+ * SPI_connect, so that it outlives SPI_finish.
  */
 static StpJobRef *
 lookup_job(const char *job_name, bool for_update)
@@ -72,6 +74,7 @@ lookup_job(const char *job_name, bool for_update)
 	HeapTuple	tup;
 	bool		isnull;
 	Datum		d;
+	char	   *state;
 
 	stp_catalog_exec(for_update ?
 				 "SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
@@ -87,13 +90,15 @@ lookup_job(const char *job_name, bool for_update)
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	job = palloc(sizeof(StpJobRef));
+	job = SPI_palloc(sizeof(StpJobRef));
 	job->job_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 	job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 	job->sequence = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	job->result = DatumGetObjectId(d);
-	job->state = SPI_getvalue(tup, desc, 5);
+	state = SPI_getvalue(tup, desc, 5);
+	job->state = SPI_palloc(strlen(state) + 1);
+	strcpy(job->state, state);
 
 	if (for_update && !has_privs_of_role(GetUserId(), job->owner))
 		ereport(ERROR,
