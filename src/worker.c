@@ -314,6 +314,7 @@ worker_setup(void)
 	char	   *sql;
 	bool		ok = true;
 	int			ret;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -378,6 +379,7 @@ worker_setup(void)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	return ok;
 }
 
@@ -413,6 +415,7 @@ worker_step(bool *stop)
 	Datum		values[4];
 	bool		isnull;
 	int			ret;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
@@ -438,6 +441,7 @@ worker_step(bool *stop)
 	{
 		SPI_finish();
 		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return false;
 	}
@@ -465,6 +469,7 @@ worker_step(bool *stop)
 			PopActiveSnapshot();
 			SPI_finish();
 			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
 			*stop = true;
 			return false;
 		}
@@ -502,6 +507,7 @@ worker_step(bool *stop)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
@@ -515,13 +521,15 @@ worker_step(bool *stop)
 
 /*
  * Record an error in stp.partitions; mark the partition failed when the
- * worker gives up.
+ * worker gives up.  Allocates in the caller's context, the worker's
+ * per-loop one, and returns to it.
  */
 static void
 record_error(const char *message, bool failed)
 {
 	Oid			argtypes[4] = {INT4OID, INT4OID, TEXTOID, BOOLOID};
 	Datum		args[4];
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	args[0] = Int32GetDatum(worker.args.job_id);
 	args[1] = Int32GetDatum(worker.args.partition);
@@ -539,6 +547,7 @@ record_error(const char *message, bool failed)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 }
 
 /*
@@ -680,6 +689,8 @@ stp_worker_main(Datum main_arg)
 			AbortOutOfAnyTransaction();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
+			/* The abort left TopMemoryContext current: back to the loop's. */
+			MemoryContextSwitchTo(batch_ctx);
 
 			failures++;
 			if (error_is_permanent(edata->sqlerrcode))
