@@ -99,7 +99,6 @@ database_list(void)
 	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
-
 		MemoryContext old_ctx;
 
 		if (!db->datallowconn || db->datistemplate || db->datconnlimit == -2)
