@@ -65,7 +65,9 @@ typedef struct StpJobRef
 
 /*
  * Find a job by name.  With for_update, lock its row and check that the
- * caller may manage it.  Errors if it does not exist.
+ * caller may manage it.  Errors if it does not exist.  The caller is
+ * connected to SPI; the result is allocated in the context it had before
+ * SPI_connect, so that it outlives SPI_finish.
  */
 static StpJobRef *
 lookup_job(const char *job_name, bool for_update)
@@ -77,6 +79,7 @@ lookup_job(const char *job_name, bool for_update)
 	HeapTuple	tup;
 	bool		isnull;
 	Datum		d;
+	char	   *state;
 
 	/* A catalog made by an early build of 1.1 has no result_view column. */
 	stp_catalog_exec(psprintf("SELECT job_id, owner::pg_catalog.oid, sequence::pg_catalog.oid, "
@@ -94,13 +97,15 @@ lookup_job(const char *job_name, bool for_update)
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	job = palloc(sizeof(StpJobRef));
+	job = SPI_palloc(sizeof(StpJobRef));
 	job->job_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 	job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 	job->sequence = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	job->result = DatumGetObjectId(d);
-	job->state = SPI_getvalue(tup, desc, 5);
+	state = SPI_getvalue(tup, desc, 5);
+	job->state = SPI_palloc(strlen(state) + 1);
+	strcpy(job->state, state);
 	job->source = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 	d = SPI_getbinval(tup, desc, 7, &isnull);
 	job->result_view = isnull ? InvalidOid : DatumGetObjectId(d);

@@ -34,6 +34,7 @@
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -78,7 +79,9 @@ launcher_detach(int code, Datum arg)
 }
 
 /*
- * The databases a job could run in: those that accept connections.
+ * The databases a job could run in: those that accept connections.  The
+ * list is built in the caller's memory context, since the transaction's
+ * context is gone once the catalog scan commits.
  */
 static List *
 database_list(void)
@@ -87,6 +90,7 @@ database_list(void)
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
@@ -95,14 +99,18 @@ database_list(void)
 	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		MemoryContext old_ctx;
 
 		if (!db->datallowconn || db->datistemplate || db->datconnlimit == -2)
 			continue;
+		old_ctx = MemoryContextSwitchTo(caller_ctx);
 		dbs = lappend_oid(dbs, db->oid);
+		MemoryContextSwitchTo(old_ctx);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	return dbs;
 }
 
@@ -249,6 +257,7 @@ void
 stp_launcher_main(Datum main_arg)
 {
 	TimestampTz last_full = 0;
+	MemoryContext round_ctx;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -260,6 +269,10 @@ stp_launcher_main(Datum main_arg)
 	stp_shared->launcher_latch = MyLatch;
 	LWLockRelease(stp_shared->lock);
 	before_shmem_exit(launcher_detach, (Datum) 0);
+
+	/* What one round allocates is freed before the next. */
+	round_ctx = AllocSetContextCreate(TopMemoryContext, "stp launcher round",
+									  ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -274,10 +287,13 @@ stp_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		MemoryContextSwitchTo(round_ctx);
 		start_waiting_partitions();
 		launcher_round(full);
 		if (full)
 			last_full = now;
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(round_ctx);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 stp_launcher_naptime, PG_WAIT_EXTENSION);

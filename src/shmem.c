@@ -132,6 +132,7 @@ void
 stp_request_scan(Oid dboid)
 {
 	int			free_entry = -1;
+	Latch	   *launcher_latch;
 
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < STP_MAX_DATABASES; i++)
@@ -150,10 +151,12 @@ stp_request_scan(Oid dboid)
 		stp_shared->dbs[free_entry].dboid = dboid;
 		stp_shared->dbs[free_entry].scan_requested = true;
 	}
+	/* Read under the lock: a launcher that exits clears it. */
+	launcher_latch = stp_shared->launcher_latch;
 	LWLockRelease(stp_shared->lock);
 
-	if (stp_shared->launcher_latch)
-		SetLatch(stp_shared->launcher_latch);
+	if (launcher_latch)
+		SetLatch(launcher_latch);
 }
 
 /*

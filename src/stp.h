@@ -223,7 +223,7 @@ typedef struct StpRights
 	int			nestlevel;		/* GUC nest level of the pinned settings */
 } StpRights;
 
-/* catalog.c */
+/* catalog.c (plan is an SPIPlanPtr; not every module includes spi.h) */
 struct _SPI_plan;
 extern StpJobDef *stp_load_job(int32 job_id, char **state, MemoryContext mcxt);
 extern void stp_catalog_rights_begin(StpRights *save);

@@ -401,6 +401,7 @@ worker_setup(void)
 	bool		ok = true;
 	int			ret;
 	int			nestlevel;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -458,6 +459,7 @@ worker_setup(void)
 	SPI_finish();
 	AtEOXact_GUC(true, nestlevel);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	return ok;
 }
 
@@ -495,6 +497,7 @@ worker_step(bool *stop)
 	bool		isnull;
 	int			ret;
 	int			nestlevel;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
@@ -524,6 +527,7 @@ worker_step(bool *stop)
 		SPI_finish();
 		AtEOXact_GUC(true, nestlevel);
 		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return false;
 	}
@@ -551,6 +555,7 @@ worker_step(bool *stop)
 			PopActiveSnapshot();
 			SPI_finish();
 			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
 			*stop = true;
 			return false;
 		}
@@ -596,6 +601,7 @@ worker_step(bool *stop)
 	SPI_finish();
 	AtEOXact_GUC(true, nestlevel);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
@@ -612,7 +618,8 @@ worker_step(bool *stop)
  * worker gives up.  Returns false, recording nothing, if the job is no
  * longer owned by the role the worker connected as (REASSIGN OWNED): the
  * error came from the change of owner, and a worker that connects as the
- * new owner takes over.
+ * new owner takes over.  Allocates in the caller's context, the worker's
+ * per-loop one, and returns to it.
  */
 static bool
 record_error(const char *message, bool failed)
@@ -620,6 +627,7 @@ record_error(const char *message, bool failed)
 	Oid			argtypes[5] = {INT4OID, INT4OID, TEXTOID, BOOLOID, OIDOID};
 	Datum		args[5];
 	bool		recorded;
+	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	args[0] = Int32GetDatum(worker.args.job_id);
 	args[1] = Int32GetDatum(worker.args.partition);
@@ -642,6 +650,7 @@ record_error(const char *message, bool failed)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
 	return recorded;
 }
 
@@ -786,6 +795,8 @@ stp_worker_main(Datum main_arg)
 			AbortOutOfAnyTransaction();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
+			/* The abort left TopMemoryContext current: back to the loop's. */
+			MemoryContextSwitchTo(batch_ctx);
 
 			failures++;
 			if (error_is_permanent(edata->sqlerrcode))
