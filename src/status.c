@@ -16,6 +16,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "stp.h"
@@ -74,8 +75,16 @@ stp_worker_slots(PG_FUNCTION_ARGS)
 			nulls[2] = true;
 		if (slot->pid > 0)
 		{
-			values[3] = CStringGetTextDatum(state_name(slot->state));
-			if (slot->state == STP_WS_BLOCKED && slot->blocker_pid > 0)
+			/*
+			 * Writers that commit at once keep a worker waiting for
+			 * moments all the time; only a long wait is worth showing.
+			 */
+			bool		blocked = slot->blocker_pid > 0 &&
+				TimestampDifferenceExceeds(slot->blocked_since, GetCurrentTimestamp(),
+										   STP_BLOCKED_AFTER_MS);
+
+			values[3] = CStringGetTextDatum(state_name(blocked ? STP_WS_BLOCKED : slot->state));
+			if (blocked)
 			{
 				char	   *relname = get_rel_name(slot->blocker_relid);
 

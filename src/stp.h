@@ -22,6 +22,9 @@
 #define STP_DATESTYLE			"ISO, YMD"
 #define STP_INTERVALSTYLE		"postgres"
 
+/* A wait for a writer longer than this shows as "blocked". */
+#define STP_BLOCKED_AFTER_MS	1000
+
 /* Upper bound on partitions per job. */
 #define STP_MAX_PARTITIONS		64
 
@@ -36,7 +39,7 @@ typedef enum StpWorkerState
 	STP_WS_RUNNING,				/* processing a backlog */
 	STP_WS_IDLE,				/* caught up, polling */
 	STP_WS_RETRYING,			/* backing off after an error */
-	STP_WS_BLOCKED				/* waiting for a transaction to end */
+	STP_WS_BLOCKED				/* waiting long for a transaction to end */
 } StpWorkerState;
 
 /*
@@ -58,8 +61,9 @@ typedef struct StpSlot
 	bool		no_worker_slot; /* last start found no free bgworker slot */
 	int			restarts;		/* starts since the last successful batch */
 	TimestampTz last_start;
-	pid_t		blocker_pid;	/* while blocked: whom the worker waits for */
-	Oid			blocker_relid;	/* ... and the relation it holds a lock on */
+	pid_t		blocker_pid;	/* while waiting: whom the worker waits for */
+	Oid			blocker_relid;	/* ... the relation it holds a lock on */
+	TimestampTz blocked_since;	/* ... and since when */
 } StpSlot;
 
 typedef struct StpDatabase

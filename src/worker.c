@@ -193,6 +193,7 @@ claim_slot(void)
 		slot->latch = MyLatch;
 		slot->state = STP_WS_STARTING;
 		slot->no_worker_slot = false;
+		slot->blocker_pid = 0;
 		worker.slot = slot;
 		ok = true;
 	}
@@ -224,13 +225,12 @@ wait_for_lockers(Oid relid)
 		if (VirtualXactLock(*vxids, false))
 			continue;
 		/* Show whom the partition waits for, in stp.job_status. */
-		worker.slot->blocker_pid = proc ? proc->pid : 0;
+		worker.slot->blocked_since = GetCurrentTimestamp();
 		worker.slot->blocker_relid = relid;
-		set_slot_state(STP_WS_BLOCKED);
+		worker.slot->blocker_pid = proc ? proc->pid : 0;
 		pgstat_report_activity(STATE_RUNNING, "stp: waiting for writers of the source");
 		VirtualXactLock(*vxids, true);
 		worker.slot->blocker_pid = 0;
-		set_slot_state(STP_WS_RUNNING);
 	}
 }
 
