@@ -12,7 +12,9 @@ OBJS = \
 	src/query.o \
 	src/sqlgen.o \
 	src/partition.o \
-	src/guard.o
+	src/guard.o \
+	src/restore.o \
+	src/wait.o
 
 EXTENSION = stp
 DATA = stp--1.0.sql stp--1.1.sql stp--1.0--1.1.sql

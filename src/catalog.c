@@ -396,17 +396,19 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	List	   *kinds;
 	char	   *sql;
 	int			ret;
+	bool		has_origin = stp_catalog_has_column("jobs", "origin");
 
-	/* A catalog of version 1.0 has no settings column yet. */
+	/* A catalog of version 1.0 has no settings and no origin column yet. */
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
-				   "settings" : "'{}'::pg_catalog.text[]");
+				   "settings" : "'{}'::pg_catalog.text[]",
+				   has_origin ? "origin" : "NULL::pg_catalog.text");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -438,6 +440,16 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	if (state)
 		*state = SPI_getvalue(tup, desc, 17);
 	def->settings = text_array_to_list(SPI_getbinval(tup, desc, 18, &isnull));
+
+	/*
+	 * A job whose recorded origin is not where it runs now was restored
+	 * from a dump (or its catalog was just updated from 1.0, which recorded
+	 * none): its workers check that the restore is complete first.
+	 */
+	d = SPI_getbinval(tup, desc, 19, &isnull);
+	if (has_origin)
+		def->restored = isnull ||
+			strcmp(TextDatumGetCString(d), stp_job_origin(def->source)) != 0;
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

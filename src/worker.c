@@ -499,6 +499,30 @@ worker_step(bool *stop)
 	nestlevel = pin_worker_settings();
 	SPI_connect();
 
+	if (worker.def->restored)
+	{
+		bool		complete;
+
+		/* A job from a restore runs once the restore is complete. */
+		pgstat_report_activity(STATE_RUNNING, "stp: checking a restored job");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		complete = stp_restore_complete(worker.def, worker.offset, worker.slot);
+		PopActiveSnapshot();
+		if (!complete)
+		{
+			set_slot_state(STP_WS_RESTORED);
+			SPI_finish();
+			AtEOXact_GUC(true, nestlevel);
+			CommitTransactionCommand();
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return false;
+		}
+		worker.def->restored = false;
+		ereport(LOG,
+				(errmsg("stp job \"%s\" partition %d: its restore is complete, the job runs",
+						worker.def->job_name, worker.args.partition)));
+	}
+
 	if (worker.offset >= worker.safe_upto)
 	{
 		bool		is_called;
@@ -518,6 +542,7 @@ worker_step(bool *stop)
 	{
 		/* Caught up: still check the tables, so that a change shows now. */
 		guard_tables();
+		worker.slot->caught_up_at = GetCurrentTimestamp();
 		SPI_finish();
 		AtEOXact_GUC(true, nestlevel);
 		CommitTransactionCommand();
@@ -601,6 +626,7 @@ worker_step(bool *stop)
 		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
 	worker.offset = hi;
 	worker.rows_processed += rows;
+	stp_count_rows(worker.slot, rows);
 	return true;
 }
 
@@ -699,6 +725,27 @@ worker_backoff(int64 ms)
 }
 
 /*
+ * Say in the server log that the partition's worker runs, once: a worker
+ * that the launcher restarts again and again says it only at DEBUG1.
+ */
+static void
+log_started(void)
+{
+	int			restarts;
+
+	LWLockAcquire(stp_shared->lock, LW_SHARED);
+	restarts = worker.slot->restarts;
+	LWLockRelease(stp_shared->lock);
+	if (worker.slot->caught_up_at == 0)
+		worker.slot->caught_up_at = GetCurrentTimestamp();
+	ereport(restarts <= 1 ? LOG : DEBUG1,
+			(errmsg("stp job \"%s\" partition %d started from %s " INT64_FORMAT "%s",
+					worker.def->job_name, worker.args.partition,
+					worker.def->order_column, worker.offset,
+					worker.def->restored ? ", restored from a dump" : "")));
+}
+
+/*
  * Entry point of a partition worker: connect as the job's owner, become the
  * partition's only worker, then run batches until stopped, retrying errors
  * with backoff and failing the partition on errors a retry cannot cure.
@@ -765,9 +812,15 @@ stp_worker_main(Datum main_arg)
 			{
 				if (!worker_setup())
 					stop = true;
+				else
+					log_started();
 			}
 			else
 				did_work = worker_step((bool *) &stop);
+			if (failures > 0)
+				ereport(LOG,
+						(errmsg("stp job %d partition %d recovered after %d failed attempts",
+								worker.args.job_id, worker.args.partition, failures)));
 			failures = 0;
 		}
 		PG_CATCH();
@@ -779,7 +832,10 @@ stp_worker_main(Datum main_arg)
 			MemoryContextSwitchTo(batch_ctx);
 			edata = CopyErrorData();
 			HOLD_INTERRUPTS();
-			EmitErrorReport();
+			/* The server log gets the first error of a series, and the last. */
+			if (failures == 0 || failures >= stp_max_retries ||
+				error_is_permanent(edata->sqlerrcode))
+				EmitErrorReport();
 			AbortOutOfAnyTransaction();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
@@ -790,6 +846,10 @@ stp_worker_main(Datum main_arg)
 			message = edata->detail ?
 				psprintf("%s (%s)", edata->message, edata->detail) :
 				pstrdup(edata->message);
+			if (failures == 1)
+				ereport(LOG,
+						(errmsg("stp job %d partition %d is retrying after an error: %s",
+								worker.args.job_id, worker.args.partition, message)));
 			set_slot_state(STP_WS_RETRYING);
 			if (!record_error(message, failures > stp_max_retries))
 				proc_exit(0);
@@ -809,7 +869,13 @@ stp_worker_main(Datum main_arg)
 		MemoryContextReset(batch_ctx);
 
 		if (stop)
+		{
+			if (worker.def != NULL)
+				ereport(LOG,
+						(errmsg("stp job \"%s\" partition %d stopped",
+								worker.def->job_name, worker.args.partition)));
 			proc_exit(0);
+		}
 
 		if (!healthy && worker.def != NULL && failures == 0)
 		{
@@ -822,8 +888,13 @@ stp_worker_main(Datum main_arg)
 
 		if (!did_work && failures == 0 && worker.def != NULL)
 		{
-			set_slot_state(STP_WS_IDLE);
-			worker_sleep(worker.def->poll_interval_ms);
+			if (worker.def->restored)
+				worker_sleep(Max(worker.def->poll_interval_ms, 1000));
+			else
+			{
+				set_slot_state(STP_WS_IDLE);
+				worker_sleep(worker.def->poll_interval_ms);
+			}
 		}
 	}
 }
