@@ -119,6 +119,7 @@ extern void stp_wake_job_workers(Oid dboid, int32 job_id);
 extern void stp_forget_job(Oid dboid, int32 job_id);
 extern void stp_database_dropping(Oid dboid);
 extern void stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions);
+extern void stp_request_scan_at_commit(void);
 extern void stp_stop_db_workers_at_commit(void);
 extern void stp_stop_job_workers_at_commit(int32 job_id);
 extern void stp_xact_callback_init(void);
