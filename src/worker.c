@@ -75,6 +75,7 @@ typedef struct StpWorker
 	int64		offset;			/* committed progress */
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
+	bool		failed;			/* the log said that the partition failed */
 } StpWorker;
 
 static StpWorker worker;
@@ -167,6 +168,11 @@ release_slot(int code, Datum arg)
 {
 	if (worker.slot == NULL)
 		return;
+	/* Said once per worker, whether it was stopped, dropped or shut down. */
+	if (worker.def != NULL && !worker.failed)
+		ereport(LOG,
+				(errmsg("stp job \"%s\" partition %d stopped",
+						worker.def->job_name, worker.args.partition)));
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 	if (worker.slot->pid == MyProcPid)
 	{
@@ -846,7 +852,7 @@ stp_worker_main(Datum main_arg)
 			message = edata->detail ?
 				psprintf("%s (%s)", edata->message, edata->detail) :
 				pstrdup(edata->message);
-			if (failures == 1)
+			if (failures == 1 && failures <= stp_max_retries)
 				ereport(LOG,
 						(errmsg("stp job %d partition %d is retrying after an error: %s",
 								worker.args.job_id, worker.args.partition, message)));
@@ -855,10 +861,16 @@ stp_worker_main(Datum main_arg)
 				proc_exit(0);
 			if (failures > stp_max_retries)
 			{
-				ereport(LOG,
-						(errmsg("stp job %d partition %d failed after %d attempts: %s",
-								worker.args.job_id, worker.args.partition,
-								failures, message)));
+				worker.failed = true;
+				if (error_is_permanent(edata->sqlerrcode))
+					ereport(LOG,
+							(errmsg("stp job %d partition %d failed: %s",
+									worker.args.job_id, worker.args.partition, message)));
+				else
+					ereport(LOG,
+							(errmsg("stp job %d partition %d failed after %d attempts: %s",
+									worker.args.job_id, worker.args.partition,
+									failures, message)));
 				proc_exit(0);
 			}
 			backoff = Min((int64) 1000 << Min(failures - 1, 6), 60000);
@@ -869,13 +881,7 @@ stp_worker_main(Datum main_arg)
 		MemoryContextReset(batch_ctx);
 
 		if (stop)
-		{
-			if (worker.def != NULL)
-				ereport(LOG,
-						(errmsg("stp job \"%s\" partition %d stopped",
-								worker.def->job_name, worker.args.partition)));
 			proc_exit(0);
-		}
 
 		if (!healthy && worker.def != NULL && failures == 0)
 		{

@@ -46,14 +46,16 @@ $extra
 	return $node;
 }
 
-# The extension and the source: k and tag are NULL-able group keys, v and n
+# The extension (of version $o{version}, default the newest) and the
+# source: k and tag are NULL-able group keys, v and n
 # NULL-able values.  w and s tag every writer transaction, so that the rows
 # of a transaction whose commit the writer could not confirm can be found
 # afterwards.
 sub create_events
 {
-	my ($node) = @_;
-	$node->safe_psql('postgres', 'CREATE EXTENSION stp');
+	my ($node, %o) = @_;
+	$node->safe_psql('postgres',
+		'CREATE EXTENSION stp' . ($o{version} ? " VERSION '$o{version}'" : ''));
 	$node->safe_psql(
 		'postgres', q{
 CREATE TABLE events (
