@@ -141,8 +141,16 @@ GRANT SELECT ON stp.job_status TO PUBLIC;
 -- sequence and result_table to their new OIDs; so a worker that finds
 -- another origin knows the job came from a restore, and waits until the
 -- restore is complete (state "restored" in stp.job_status).  NULL for a
--- job created under 1.0: its workers check it once and record it.
+-- job restored from a 1.0 dump: its workers check it once and record it.
 ALTER TABLE stp.jobs ADD COLUMN origin text;
+
+-- The jobs that exist already (created under 1.0) run where they are.
+UPDATE stp.jobs
+SET origin = (SELECT system_identifier FROM pg_catalog.pg_control_system())::text
+             OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||)
+             (SELECT oid FROM pg_catalog.pg_database
+              WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())::text
+             OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) source::pg_catalog.oid::text;
 
 -- Per partition with a worker since the server started: rows committed in
 -- the last minute, when it last had nothing to do, and whom it waits for.

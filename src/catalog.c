@@ -443,8 +443,8 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 
 	/*
 	 * A job whose recorded origin is not where it runs now was restored
-	 * from a dump (or its catalog was just updated from 1.0, which recorded
-	 * none): its workers check that the restore is complete first.
+	 * from a dump (a dump of a 1.0 catalog has no origin at all): its
+	 * workers check that the restore is complete first.
 	 */
 	d = SPI_getbinval(tup, desc, 19, &isnull);
 	if (has_origin)

@@ -49,7 +49,8 @@
 char *
 stp_job_origin(Oid source)
 {
-	return psprintf(UINT64_FORMAT "/%u/%u", GetSystemIdentifier(),
+	/* Signed, as pg_control_system() shows it, so that SQL can write it. */
+	return psprintf(INT64_FORMAT "/%u/%u", (int64) GetSystemIdentifier(),
 					MyDatabaseId, source);
 }
 
