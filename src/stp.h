@@ -82,6 +82,8 @@ typedef struct StpSlot
 	StpRestoreWait restore_wait;	/* while restored: what is missing */
 	int64		restore_have;	/* ... the sequence's high water */
 	int64		restore_need;	/* ... and the progress it must reach */
+	bool		start_logged;	/* a worker's start was logged, and no worker
+								 * has run without an error since */
 } StpSlot;
 
 typedef struct StpDatabase

@@ -76,6 +76,7 @@ typedef struct StpWorker
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
 	bool		failed;			/* the log said that the partition failed */
+	bool		healthy;		/* ran a step without an error */
 } StpWorker;
 
 static StpWorker worker;
@@ -174,6 +175,8 @@ release_slot(int code, Datum arg)
 				(errmsg("stp job \"%s\" partition %d stopped",
 						worker.def->job_name, worker.args.partition)));
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	if (worker.healthy)
+		worker.slot->start_logged = false;
 	if (worker.slot->pid == MyProcPid)
 	{
 		worker.slot->pid = 0;
@@ -731,20 +734,22 @@ worker_backoff(int64 ms)
 }
 
 /*
- * Say in the server log that the partition's worker runs, once: a worker
- * that the launcher restarts again and again says it only at DEBUG1.
+ * Say in the server log that the partition's worker runs, once: until a
+ * worker has run without an error, the workers that the launcher starts
+ * again and again for the partition say it only at DEBUG1.
  */
 static void
 log_started(void)
 {
-	int			restarts;
+	bool		logged;
 
-	LWLockAcquire(stp_shared->lock, LW_SHARED);
-	restarts = worker.slot->restarts;
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	logged = worker.slot->start_logged;
+	worker.slot->start_logged = true;
 	LWLockRelease(stp_shared->lock);
 	if (worker.slot->caught_up_at == 0)
 		worker.slot->caught_up_at = GetCurrentTimestamp();
-	ereport(restarts <= 1 ? LOG : DEBUG1,
+	ereport(logged ? DEBUG1 : LOG,
 			(errmsg("stp job \"%s\" partition %d started from %s " INT64_FORMAT "%s",
 					worker.def->job_name, worker.args.partition,
 					worker.def->order_column, worker.offset,
@@ -761,7 +766,6 @@ stp_worker_main(Datum main_arg)
 {
 	MemoryContext batch_ctx;
 	volatile int failures = 0;
-	volatile bool healthy = false;
 
 	memcpy(&worker.args, MyBgworkerEntry->bgw_extra, sizeof(StpWorkerArgs));
 
@@ -883,10 +887,10 @@ stp_worker_main(Datum main_arg)
 		if (stop)
 			proc_exit(0);
 
-		if (!healthy && worker.def != NULL && failures == 0)
+		if (!worker.healthy && worker.def != NULL && failures == 0)
 		{
 			/* A worker that got this far is not crash-looping. */
-			healthy = true;
+			worker.healthy = true;
 			LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 			worker.slot->restarts = 0;
 			LWLockRelease(stp_shared->lock);

@@ -7,7 +7,8 @@
 # blocked partition waits for; stp.job_overview shows one row per job.
 # While CALL stp_await sleeps, its backend holds no xmin (SELECT stp_wait
 # holds one, which is what the procedure avoids).  The server log says
-# once that a partition started, stopped or failed.
+# once that a partition started, stopped, failed, retried an error or
+# recovered from it.
 
 use strict;
 use warnings;
@@ -103,6 +104,29 @@ StpTest::check_job(
 	processed_upto => 1,
 	sum_vs_batch => 1,
 	wait_msg => 'the job caught up');
+
+# An error that is retried, then the recovery, each said once: move
+# partition 0's progress under its worker, let it fail a few times, then
+# put the progress back.
+my $p0 = $node->safe_psql('postgres',
+	"SELECT processed_upto FROM stp.partitions WHERE partition = 0");
+$node->safe_psql('postgres',
+	'UPDATE stp.partitions SET processed_upto = processed_upto + 1000000 WHERE partition = 0');
+$node->safe_psql('postgres', StpTest::insert_sql(1, 3, 10));
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT state = 'retrying' AND last_error LIKE '%moved under its worker%' FROM stp.job_status WHERE partition = 0"),
+	'partition 0 retries after an error');
+sleep 2;
+$node->safe_psql('postgres', "UPDATE stp.partitions SET processed_upto = $p0 WHERE partition = 0");
+is($node->safe_psql('postgres', "CALL stp_await('j', '60 s')"), 't', 'partition 0 recovers');
+my $retries = slurp_file($node->logfile, $log_offset);
+is(scalar(() = $retries =~ /LOG:  stp job \d+ partition 0 is retrying after an error: progress of job/g),
+	1, 'the log says once that partition 0 retries');
+is(scalar(() = $retries =~ /LOG:  stp job \d+ partition 0 recovered after [2-9] failed attempts/g),
+	1, 'the log says once that partition 0 recovered, after several attempts');
+is(scalar(() = $retries =~ /ERROR:  progress of job \d+ partition 0 moved under its worker/g),
+	1, 'the server log shows the error once, not once per attempt');
 
 # Start, failure and stop, each said once per partition.
 $node->safe_psql('postgres', 'ALTER TABLE events ENABLE ROW LEVEL SECURITY');
