@@ -9,7 +9,7 @@ workload's GROUP BY result, timed from start to finish:
          one id range of batch_size rows at a time, committing each batch
          together with its offset (synchronous_commit = off);
   stpN   stp_start_job(..., partitions => N, batch_size) then
-         stp_wait(job, '1 hour'), timed from start to wait return
+         CALL stp_await(job, '1 hour'), timed from start to its return
          (--wait-timeout; 2 minutes in quick mode).
 
 Every run starts from a CHECKPOINT and a fresh result table, and every
@@ -116,11 +116,15 @@ class DrainBench:
         q(conn, "DROP TABLE bench_v1")
         conn.close()
 
+    def stp_await(self, conn, job):
+        """CALL stp_await(job, timeout): it commits between its looks at the
+        job's progress, so no snapshot is held across the drain and the
+        result table's old row versions can be pruned while the job runs."""
+        return q1(conn, "CALL stp_await(%s, %s)", (job, self.wait_timeout))
+
     def stp_wait_loop(self, conn, job):
-        """stp_wait(job, '1 s') in a loop until it returns true, as the
-        README recommends for long waits: each call is a short statement,
-        so no snapshot is held across the drain and the result table's old
-        row versions can be pruned while the job runs."""
+        """stp_wait(job, '1 s') in a loop until it returns true: short
+        statements, each holding a snapshot for a second at most."""
         deadline = time.monotonic() + q1(
             conn, "SELECT extract(epoch FROM %s::interval)::float8",
             (self.wait_timeout,))
@@ -171,8 +175,10 @@ class DrainBench:
               (job, w.query(), result, parts, self.batch))
             if self.wait_mode == "poll":
                 waited["ok"] = self.poll_wait(conn, job, w)
-            else:
+            elif self.wait_mode == "stp_wait":
                 waited["ok"] = self.stp_wait_loop(conn, job)
+            else:
+                waited["ok"] = self.stp_await(conn, job)
 
         seen = {}
         t0 = time.monotonic()

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Env, connect, log, q, q1          # noqa: E402
 from drain import DrainBench                          # noqa: E402
 from workloads import make_workloads, prepare_sources  # noqa: E402
+import waits                                          # noqa: E402
 import writers                                        # noqa: E402
 import report                                         # noqa: E402
 
@@ -36,15 +37,17 @@ def parse_args():
     p.add_argument("--rows", type=int)
     p.add_argument("--runs", type=int)
     p.add_argument("--batch-size", type=int, default=1000000)
-    p.add_argument("--sections", default="drain,writer,freshness")
+    p.add_argument("--sections", default="drain,wait,writer,freshness")
+    p.add_argument("--wait-rows", type=int)
+    p.add_argument("--open-secs", type=int)
     p.add_argument("--workloads", default="w1,w2,w3")
     p.add_argument("--partitions")
     p.add_argument("--pgbench-secs", type=int)
     p.add_argument("--fresh-secs", type=int)
     p.add_argument("--rates", default="5000,20000")
     p.add_argument("--wait-timeout")
-    p.add_argument("--wait-mode", choices=["stp_wait", "poll"],
-                   default="stp_wait")
+    p.add_argument("--wait-mode", choices=["await", "stp_wait", "poll"],
+                   default="await")
     p.add_argument("--out")
     p.add_argument("--stp-ok", type=int, default=0)
     p.add_argument("--stp-reason", default="")
@@ -60,6 +63,8 @@ def parse_args():
     a.pgbench_secs = a.pgbench_secs or (5 if quick else 15)
     a.fresh_secs = a.fresh_secs or (5 if quick else 20)
     a.rates = int_list(a.rates)
+    a.wait_rows = a.wait_rows or (500000 if quick else 2000000)
+    a.open_secs = a.open_secs or (10 if quick else 60)
     a.wait_timeout = a.wait_timeout or ("2 minutes" if quick else "1 hour")
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     a.workloads = [s.strip().lower() for s in a.workloads.split(",")
@@ -165,6 +170,8 @@ def main():
         res["source_sizes"] = prepare_sources(chosen, args.rows)
         res["drain"] = DrainBench(args, chosen, stp_ok,
                                   args.partitions).run()
+    if "wait" in args.sections:
+        res["wait"] = waits.run(args, stp_ok)
     if "writer" in args.sections:
         res["writer"] = writers.writer_overhead(env, args, all_w["w1"], stp_ok)
     if "freshness" in args.sections:

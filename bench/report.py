@@ -51,8 +51,9 @@ def header(res):
         ["runs per figure", res["runs"]],
         ["batch size (V1 and stp)", fnum(res["batch_size"])],
         ["stp drain end detected by",
-         "client polling stp.job_status (--wait-mode poll)"
-         if res.get("wait_mode") == "poll" else "stp_wait(job, '1 s') in a loop"],
+         {"poll": "client polling stp.job_status (--wait-mode poll)",
+          "stp_wait": "stp_wait(job, '1 s') in a loop (--wait-mode stp_wait)"}
+         .get(res.get("wait_mode"), "CALL stp_await(job, timeout)")],
         ["settings", ", ".join("%s=%s" % kv for kv in sorted(s.items()))],
     ]
     lines.append(table(["", ""], rows, left=2))
@@ -197,6 +198,37 @@ def freshness_section(res):
     return "\n".join(out)
 
 
+def wait_section(res):
+    wt = res.get("wait")
+    if not wt:
+        return ""
+    out = ["## Waiting for a job, and an open snapshot", "",
+           "One stp partition drains `waitsrc`: %s rows, %s groups "
+           "(count, sum).  *wait*: one `SELECT stp_wait(job, '1 hour')`, "
+           "which holds its snapshot for the whole drain.  *await*: "
+           "`CALL stp_await(job, '1 hour')`, which holds none while it "
+           "sleeps.  *await + open tx*: the same, while another session "
+           "keeps a REPEATABLE READ transaction open for up to %d s from "
+           "the job's start; its rate is the one while that transaction "
+           "was open." % (fnum(wt["rows"]), fnum(wt["groups"]),
+                          wt["open_secs"]), ""]
+    rows = []
+    base = {}
+    for r in wt["runs"]:
+        if r["mode"] == "await" and not r["open_secs"]:
+            base[r["batch"]] = r["rows_per_s"]
+    for r in wt["runs"]:
+        name = r["mode"] + (" + open tx" if r["open_secs"] else "")
+        rate = r.get("open_rows_per_s", r["rows_per_s"])
+        rel = base.get(r["batch"])
+        rows.append([name, fnum(r["batch"]), "%.2f" % r["secs"], fnum(rate),
+                     "%.2f" % (rate / rel) if rel else "-",
+                     "ok" if r["check"] else "FAILED"])
+    out.append(table(["wait", "batch size", "drain s", "rows/s",
+                      "vs await", "check"], rows, left=1))
+    return "\n".join(out)
+
+
 def errors_section(res):
     errs = []
     for wname, recs in (res.get("drain") or {}).items():
@@ -215,7 +247,7 @@ def errors_section(res):
 
 def render(res, plots):
     parts = [header(res), drain_section(res), memory_section(res),
-             writer_section(res), freshness_section(res), errors_section(res)]
+             wait_section(res), writer_section(res), freshness_section(res), errors_section(res)]
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(
             "![%s](%s)" % (p, p) for p in plots))

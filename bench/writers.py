@@ -93,7 +93,7 @@ def writer_overhead(env, args, w, stp_ok):
                                                              "bench_writer")
                     t0 = time.monotonic()
                     extra["caught_up"] = q1(
-                        conn, "SELECT stp_wait('bench_writer', '5 minutes')")
+                        conn, "CALL stp_await('bench_writer', '5 minutes')")
                     extra["catch_up_s"] = time.monotonic() - t0
                 if v in ("b", "c"):
                     ok, n, got = check_result(conn, "events_w",

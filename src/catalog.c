@@ -396,22 +396,24 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	List	   *kinds;
 	char	   *sql;
 	int			ret;
+	bool		has_origin = stp_catalog_has_column("jobs", "origin");
 
 	/*
-	 * A catalog of version 1.0 has no settings column yet, and one made by
-	 * an early build of 1.1 no agg_filters column.
+	 * A catalog of version 1.0 has no settings, agg_filters or origin
+	 * column yet.
 	 */
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
 				   stp_catalog_has_column("jobs", "agg_filters") ?
-				   "agg_filters" : "NULL::pg_catalog.text[]");
+				   "agg_filters" : "NULL::pg_catalog.text[]",
+				   has_origin ? "origin" : "NULL::pg_catalog.text");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -449,6 +451,16 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 		def->agg_filters = text_array_to_list(d);
 	while (list_length(def->agg_filters) < list_length(def->agg_names))
 		def->agg_filters = lappend(def->agg_filters, NULL);
+
+	/*
+	 * A job whose recorded origin is not where it runs now was restored
+	 * from a dump (a dump of a 1.0 catalog has no origin at all): its
+	 * workers check that the restore is complete first.
+	 */
+	d = SPI_getbinval(tup, desc, 20, &isnull);
+	if (has_origin)
+		def->restored = isnull ||
+			strcmp(TextDatumGetCString(d), stp_job_origin(def->source)) != 0;
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

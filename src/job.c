@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * job.c
- *		The SQL functions that create, stop, resume, drop and wait for jobs.
+ *		The SQL functions that create, stop, resume and drop jobs.
  *
  * stp_start_job checks everything before it changes anything, and all it
  * changes (the result table and the catalog rows) is transactional, so a
@@ -47,21 +47,8 @@ PG_FUNCTION_INFO_V1(stp_start_job);
 PG_FUNCTION_INFO_V1(stp_stop_job);
 PG_FUNCTION_INFO_V1(stp_resume_job);
 PG_FUNCTION_INFO_V1(stp_drop_job);
-PG_FUNCTION_INFO_V1(stp_wait);
 
 #define STP_MAX_BATCH_SIZE		100000000
-
-/* A job as the management functions see it. */
-typedef struct StpJobRef
-{
-	int32		job_id;
-	Oid			owner;
-	Oid			sequence;
-	Oid			result;
-	char	   *state;
-	Oid			source;
-	Oid			result_view;	/* InvalidOid if the result is a table */
-} StpJobRef;
 
 /*
  * Find a job by name.  With for_update, lock its row and check that the
@@ -69,8 +56,8 @@ typedef struct StpJobRef
  * connected to SPI; the result is allocated in the context it had before
  * SPI_connect, so that it outlives SPI_finish.
  */
-static StpJobRef *
-lookup_job(const char *job_name, bool for_update)
+StpJobRef *
+stp_lookup_job(const char *job_name, bool for_update)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(job_name)};
@@ -122,8 +109,8 @@ lookup_job(const char *job_name, bool for_update)
  * The SQL functions are not STRICT, so that a NULL argument gets an error
  * that names it instead of a silent NULL result.
  */
-static void
-check_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
+void
+stp_check_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -134,8 +121,8 @@ check_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
 /*
  * Milliseconds in an interval without months, or an error.
  */
-static int64
-interval_ms(Interval *iv, const char *name)
+int64
+stp_interval_ms(Interval *iv, const char *name)
 {
 	if (iv->month != 0)
 		ereport(ERROR,
@@ -560,13 +547,13 @@ stp_start_job(PG_FUNCTION_ARGS)
 	StpShape   *shape;
 	Oid			view_relid = InvalidOid;
 
-	check_not_null(fcinfo, 0, "job_name");
-	check_not_null(fcinfo, 1, "query");
-	check_not_null(fcinfo, 2, "result_table");
-	check_not_null(fcinfo, 3, "partitions");
-	check_not_null(fcinfo, 5, "start_from");
-	check_not_null(fcinfo, 6, "batch_size");
-	check_not_null(fcinfo, 7, "poll_interval");
+	stp_check_not_null(fcinfo, 0, "job_name");
+	stp_check_not_null(fcinfo, 1, "query");
+	stp_check_not_null(fcinfo, 2, "result_table");
+	stp_check_not_null(fcinfo, 3, "partitions");
+	stp_check_not_null(fcinfo, 5, "start_from");
+	stp_check_not_null(fcinfo, 6, "batch_size");
+	stp_check_not_null(fcinfo, 7, "poll_interval");
 
 	memset(&def, 0, sizeof(def));
 	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -576,7 +563,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	order_column = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
 	start_from = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	def.batch_size = PG_GETARG_INT32(6);
-	poll_ms = interval_ms(PG_GETARG_INTERVAL_P(7), "poll_interval");
+	poll_ms = stp_interval_ms(PG_GETARG_INTERVAL_P(7), "poll_interval");
 
 	if (strlen(job_name) == 0 || strlen(job_name) >= NAMEDATALEN)
 		ereport(ERROR,
@@ -607,13 +594,6 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL to let stp find the identity or bigserial column.")));
 
 	check_owner_can_login(GetUserId(), "Create the job as a role with LOGIN.");
-	if (!stp_catalog_has_column("jobs", "settings") ||
-		!stp_catalog_has_column("jobs", "agg_filters") ||
-		!stp_catalog_has_column("jobs", "result_view"))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the stp extension in this database is older than its library"),
-				 errhint("Run ALTER EXTENSION stp UPDATE.")));
 
 	SPI_connect();
 
@@ -726,14 +706,16 @@ stp_start_job(PG_FUNCTION_ARGS)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
 
 	{
-		Oid			types[20] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+		Oid			types[21] = {TEXTOID, OIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
 			OIDOID, INT4OID, INT8OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID,
-		OIDOID};
-		Datum		values[20];
-		char		nulls[20];
+		OIDOID, TEXTOID};
+		Datum		values[21];
+		char		nulls[21];
+		bool		has_filter = false;
 		bool		isnull;
 		int			ret;
+		bool		v10 = !stp_catalog_has_column("jobs", "origin");
 
 		memset(nulls, ' ', sizeof(nulls));
 		values[0] = CStringGetTextDatum(job_name);
@@ -761,16 +743,44 @@ stp_start_job(PG_FUNCTION_ARGS)
 		values[19] = ObjectIdGetDatum(view_relid);
 		if (!OidIsValid(view_relid))
 			nulls[19] = 'n';
+		values[20] = CStringGetTextDatum(stp_job_origin(def.source));
+		foreach(lc, def.agg_filters)
+			has_filter |= (lfirst(lc) != NULL);
 
-		ret = stp_catalog_exec("INSERT INTO stp.jobs (job_name, owner, query, source, "
-									"order_column, sequence, result_table, partitions, batch_size, "
-									"poll_interval, timezone, key_names, key_exprs, agg_names, "
-									"agg_kinds, agg_args, where_clause, settings, agg_filters, result_view) "
-									"VALUES ($1, $2::pg_catalog.regrole, "
-									"$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
-									"$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-									"$20::pg_catalog.regclass) RETURNING job_id",
-									20, types, values, nulls, false, 0);
+		/*
+		 * A catalog of version 1.0 (before ALTER EXTENSION stp UPDATE) has
+		 * no settings, filters, view or origin: its jobs run with the
+		 * creator's TimeZone only, as under 1.0, until they are created
+		 * again, and a job that needs a filter or a view cannot be kept.
+		 */
+		if (v10 && (has_filter || OidIsValid(view_relid)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the stp extension in this database is version 1.0, which cannot keep this job's query"),
+					 errdetail("Aggregate FILTER clauses and result views need version 1.1."),
+					 errhint("Run ALTER EXTENSION stp UPDATE.")));
+		if (v10)
+			ereport(WARNING,
+					(errmsg("the stp extension in this database is version 1.0, older than its library"),
+					 errdetail("The job records only the TimeZone of this session, not its other settings."),
+					 errhint("Run ALTER EXTENSION stp UPDATE.")));
+		ret = stp_catalog_exec(v10 ?
+							   "INSERT INTO stp.jobs (job_name, owner, query, source, "
+							   "order_column, sequence, result_table, partitions, batch_size, "
+							   "poll_interval, timezone, key_names, key_exprs, agg_names, "
+							   "agg_kinds, agg_args, where_clause) VALUES ($1, $2::pg_catalog.regrole, "
+							   "$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
+							   "$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+							   "RETURNING job_id" :
+							   "INSERT INTO stp.jobs (job_name, owner, query, source, "
+							   "order_column, sequence, result_table, partitions, batch_size, "
+							   "poll_interval, timezone, key_names, key_exprs, agg_names, "
+							   "agg_kinds, agg_args, where_clause, settings, agg_filters, result_view, origin) "
+							   "VALUES ($1, $2::pg_catalog.regrole, "
+							   "$3, $4::pg_catalog.regclass, $5, $6::pg_catalog.regclass, "
+							   "$7::pg_catalog.regclass, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
+							   "$20::pg_catalog.regclass, $21) RETURNING job_id",
+							   v10 ? 17 : 21, types, values, nulls, false, 0);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
@@ -819,11 +829,11 @@ stp_stop_job(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
-	check_not_null(fcinfo, 0, "job_name");
+	stp_check_not_null(fcinfo, 0, "job_name");
 	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	SPI_connect();
-	job = lookup_job(job_name, true);
+	job = stp_lookup_job(job_name, true);
 	if (strcmp(job->state, "stopped") == 0)
 		ereport(NOTICE,
 				(errmsg("job \"%s\" is already stopped", job_name)));
@@ -851,11 +861,11 @@ stp_resume_job(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
-	check_not_null(fcinfo, 0, "job_name");
+	stp_check_not_null(fcinfo, 0, "job_name");
 	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	SPI_connect();
-	job = lookup_job(job_name, true);
+	job = stp_lookup_job(job_name, true);
 	check_owner_can_login(job->owner, "Give the role LOGIN, or hand the job to another role with REASSIGN OWNED.");
 	values[0] = Int32GetDatum(job->job_id);
 	stp_catalog_exec("UPDATE stp.jobs SET state = 'running' WHERE job_id OPERATOR(pg_catalog.=) $1",
@@ -883,13 +893,13 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
-	check_not_null(fcinfo, 0, "job_name");
-	check_not_null(fcinfo, 1, "drop_result");
+	stp_check_not_null(fcinfo, 0, "job_name");
+	stp_check_not_null(fcinfo, 1, "drop_result");
 	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	drop_result = PG_GETARG_BOOL(1);
 
 	SPI_connect();
-	job = lookup_job(job_name, true);
+	job = stp_lookup_job(job_name, true);
 	values[0] = Int32GetDatum(job->job_id);
 	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0);
 
@@ -913,124 +923,4 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	stop_workers(job->job_id);
 	stp_forget_job(MyDatabaseId, job->job_id);
 	PG_RETURN_VOID();
-}
-
-/*
- * stp_wait waits for the transactions that write to the source or draw
- * from its sequence.  A caller whose own transaction does either would
- * wait for itself until the timeout, so it is told at once instead.
- */
-static void
-check_not_own_writer(StpJobRef *job, const char *job_name)
-{
-	LOCKTAG		source_tag;
-	LOCKTAG		sequence_tag;
-
-	SET_LOCKTAG_RELATION(source_tag, MyDatabaseId, job->source);
-	SET_LOCKTAG_RELATION(sequence_tag, MyDatabaseId, job->sequence);
-	if (LockOrStrongerHeldByMe(&source_tag, RowExclusiveLock) ||
-		LockOrStrongerHeldByMe(&sequence_tag, RowExclusiveLock))
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("stp_wait cannot wait for job \"%s\" in a transaction that wrote to its source or used its sequence",
-						job_name),
-				 errdetail("The job's workers wait for this transaction to end before they read past the ids it may have drawn."),
-				 errhint("Commit the transaction, then call stp_wait.")));
-}
-
-/*
- * stp_wait(job_name, timeout) returns true once every partition has
- * processed every row whose id was handed out before the call, false on
- * timeout.  It fails if the job has failed or is stopped.
- */
-Datum
-stp_wait(PG_FUNCTION_ARGS)
-{
-	char	   *job_name;
-	int64		timeout_ms;
-	StpJobRef  *job;
-	int64		target;
-	bool		is_called;
-	TimestampTz deadline;
-	Oid			types[2] = {INT4OID, INT8OID};
-	Datum		values[2];
-	bool		done = false;
-
-	check_not_null(fcinfo, 0, "job_name");
-	check_not_null(fcinfo, 1, "timeout");
-	job_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	timeout_ms = interval_ms(PG_GETARG_INTERVAL_P(1), "timeout");
-	if (timeout_ms < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout must not be negative")));
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("stp_wait cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
-				 errhint("stp_wait needs a fresh snapshot to see progress; call it in READ COMMITTED.")));
-
-	SPI_connect();
-	job = lookup_job(job_name, false);
-	check_not_own_writer(job, job_name);
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->source)) ||
-		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->sequence)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("job \"%s\" has failed", job_name),
-				 errdetail("The job's source table or its sequence was dropped."),
-				 errhint("Drop the job with stp_drop_job('%s').", job_name)));
-	target = stp_sequence_last_value(job->sequence, &is_called);
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	values[0] = Int32GetDatum(job->job_id);
-	values[1] = Int64GetDatum(target);
-
-	for (;;)
-	{
-		HeapTuple	tup;
-		TupleDesc	desc;
-		bool		isnull;
-		char	   *state;
-
-		stp_catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto OPERATOR(pg_catalog.>=) $2), "
-					 "pg_catalog.bool_or(p.failed), "
-					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed) "
-					 "FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
-					 "WHERE j.job_id OPERATOR(pg_catalog.=) $1 GROUP BY j.state",
-					 2, types, values, NULL, false, 0);
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("job \"%s\" was dropped", job_name)));
-		tup = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
-		state = SPI_getvalue(tup, desc, 1);
-		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("job \"%s\" has failed", job_name),
-					 errdetail("%s", SPI_getvalue(tup, desc, 4)),
-					 errhint("Fix the cause, then run stp_resume_job('%s').", job_name)));
-		if (strcmp(state, "running") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("job \"%s\" is stopped", job_name),
-					 errhint("Run stp_resume_job('%s') first.", job_name)));
-		if (!is_called || DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
-		{
-			done = true;
-			break;
-		}
-		SPI_freetuptable(SPI_tuptable);
-
-		if (GetCurrentTimestamp() >= deadline)
-			break;
-		stp_wake_job_workers(MyDatabaseId, job->job_id);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 10, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	SPI_finish();
-	PG_RETURN_BOOL(done);
 }

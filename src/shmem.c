@@ -292,6 +292,15 @@ stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions)
 }
 
 /*
+ * Ask the launcher to scan this database when the transaction commits.
+ */
+void
+stp_request_scan_at_commit(void)
+{
+	kick_launcher_at_commit = true;
+}
+
+/*
  * Signal every worker of this database when the transaction commits (DROP
  * EXTENSION).
  */

@@ -65,6 +65,8 @@ stp_shmem_startup_hook(void)
 }
 
 /*
+ * Creating an extension (it may be stp, which pg_restore creates before it
+ * loads the jobs) makes the launcher scan the database from then on.
  * Dropping the extension or the database must not leave partition workers
  * behind.  DROP EXTENSION stops the database's workers once it commits.
  * DROP DATABASE waits a few seconds for other sessions to leave before it
@@ -84,6 +86,8 @@ stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (access == OAT_DROP && classId == ExtensionRelationId &&
 		objectId == get_extension_oid("stp", true))
 		stp_stop_db_workers_at_commit();
+	else if (access == OAT_POST_CREATE && classId == ExtensionRelationId)
+		stp_request_scan_at_commit();
 	else if (access == OAT_DROP && classId == DatabaseRelationId)
 		stp_database_dropping(objectId);
 	else if (classId == RelationRelationId &&

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/latch.h"
@@ -39,8 +40,23 @@ typedef enum StpWorkerState
 	STP_WS_RUNNING,				/* processing a backlog */
 	STP_WS_IDLE,				/* caught up, polling */
 	STP_WS_RETRYING,			/* backing off after an error */
-	STP_WS_BLOCKED				/* waiting long for a transaction to end */
+	STP_WS_BLOCKED,				/* waiting long for a transaction to end */
+	STP_WS_RESTORED				/* job from a restore that is not complete */
 } StpWorkerState;
+
+/* What a restored job waits for before it runs (restore.c). */
+typedef enum StpRestoreWait
+{
+	STP_RW_NONE = 0,
+	STP_RW_KEY_INDEX,			/* the result table's unique key index */
+	STP_RW_SEQUENCE,			/* the sequence's state */
+	STP_RW_RESULT_ROWS,			/* the result table's rows */
+	STP_RW_SOURCE_ROWS			/* the source table's rows */
+} StpRestoreWait;
+
+/* Rows per second are counted in STP_RATE_BUCKETS buckets of this many s. */
+#define STP_RATE_BUCKET_SECS	5
+#define STP_RATE_BUCKETS		12
 
 /*
  * One entry per (database, job, partition) that was ever started since the
@@ -64,6 +80,14 @@ typedef struct StpSlot
 	pid_t		blocker_pid;	/* while waiting: whom the worker waits for */
 	Oid			blocker_relid;	/* ... the relation it holds a lock on */
 	TimestampTz blocked_since;	/* ... and since when */
+	TimestampTz caught_up_at;	/* when the worker last had nothing to do */
+	int64		rate_rows[STP_RATE_BUCKETS];	/* rows committed per bucket */
+	int64		rate_bucket[STP_RATE_BUCKETS];	/* which bucket each holds */
+	StpRestoreWait restore_wait;	/* while restored: what is missing */
+	int64		restore_have;	/* ... the sequence's high water */
+	int64		restore_need;	/* ... and the progress it must reach */
+	bool		start_logged;	/* a worker's start was logged, and no worker
+								 * has run without an error since */
 } StpSlot;
 
 typedef struct StpDatabase
@@ -101,6 +125,7 @@ extern void stp_wake_job_workers(Oid dboid, int32 job_id);
 extern void stp_forget_job(Oid dboid, int32 job_id);
 extern void stp_database_dropping(Oid dboid);
 extern void stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions);
+extern void stp_request_scan_at_commit(void);
 extern void stp_stop_db_workers_at_commit(void);
 extern void stp_stop_job_workers_at_commit(int32 job_id);
 extern void stp_xact_callback_init(void);
@@ -167,6 +192,7 @@ typedef struct StpJobDef
 	List	   *agg_args;		/* of char *, NULL for count(*) */
 	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
+	bool		restored;		/* created elsewhere: restored from a dump */
 } StpJobDef;
 
 /* sqlgen.c */
@@ -209,6 +235,23 @@ typedef struct StpShape
 	Oid			source;			/* the source table */
 } StpShape;
 
+/* A job as the management functions see it (job.c). */
+typedef struct StpJobRef
+{
+	int32		job_id;
+	Oid			owner;
+	Oid			sequence;
+	Oid			result;
+	char	   *state;
+	Oid			source;
+	Oid			result_view;	/* InvalidOid if the result is a table */
+} StpJobRef;
+
+/* job.c */
+extern StpJobRef *stp_lookup_job(const char *job_name, bool for_update);
+extern void stp_check_not_null(FunctionCallInfo fcinfo, int argno, const char *name);
+extern int64 stp_interval_ms(Interval *iv, const char *name);
+
 /* query.c */
 extern void stp_analyze_query(const char *query_text, StpJobDef *def,
 							  List **columns, int *nkeys, StpShape **shape);
@@ -243,6 +286,13 @@ extern bool stp_catalog_has_column(const char *table, const char *column);
 extern void stp_apply_job_settings(StpJobDef *def, bool save);
 extern char *stp_check_job_tables(StpJobDef *def, int64 progress);
 extern char *stp_qualified_relname(Oid relid);
+
+/* restore.c */
+extern char *stp_job_origin(Oid source);
+extern bool stp_restore_complete(StpJobDef *def, int64 progress, StpSlot *slot);
+
+/* status.c */
+extern void stp_count_rows(StpSlot *slot, int64 rows);
 
 /* guard.c */
 extern void stp_note_relation(Oid relid, bool truncated);

@@ -75,6 +75,8 @@ typedef struct StpWorker
 	int64		offset;			/* committed progress */
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
+	bool		failed;			/* the log said that the partition failed */
+	bool		healthy;		/* ran a step without an error */
 } StpWorker;
 
 static StpWorker worker;
@@ -167,7 +169,14 @@ release_slot(int code, Datum arg)
 {
 	if (worker.slot == NULL)
 		return;
+	/* Said once per worker, whether it was stopped, dropped or shut down. */
+	if (worker.def != NULL && !worker.failed)
+		ereport(LOG,
+				(errmsg("stp job \"%s\" partition %d stopped",
+						worker.def->job_name, worker.args.partition)));
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	if (worker.healthy)
+		worker.slot->start_logged = false;
 	if (worker.slot->pid == MyProcPid)
 	{
 		worker.slot->pid = 0;
@@ -505,6 +514,30 @@ worker_step(bool *stop)
 	nestlevel = pin_worker_settings();
 	SPI_connect();
 
+	if (worker.def->restored)
+	{
+		bool		complete;
+
+		/* A job from a restore runs once the restore is complete. */
+		pgstat_report_activity(STATE_RUNNING, "stp: checking a restored job");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		complete = stp_restore_complete(worker.def, worker.offset, worker.slot);
+		PopActiveSnapshot();
+		if (!complete)
+		{
+			set_slot_state(STP_WS_RESTORED);
+			SPI_finish();
+			AtEOXact_GUC(true, nestlevel);
+			CommitTransactionCommand();
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return false;
+		}
+		worker.def->restored = false;
+		ereport(LOG,
+				(errmsg("stp job \"%s\" partition %d: its restore is complete, the job runs",
+						worker.def->job_name, worker.args.partition)));
+	}
+
 	if (worker.offset >= worker.safe_upto)
 	{
 		bool		is_called;
@@ -524,6 +557,7 @@ worker_step(bool *stop)
 	{
 		/* Caught up: still check the tables, so that a change shows now. */
 		guard_tables();
+		worker.slot->caught_up_at = GetCurrentTimestamp();
 		SPI_finish();
 		AtEOXact_GUC(true, nestlevel);
 		CommitTransactionCommand();
@@ -610,6 +644,7 @@ worker_step(bool *stop)
 		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
 	worker.offset = hi;
 	worker.rows_processed += rows;
+	stp_count_rows(worker.slot, rows);
 	return true;
 }
 
@@ -711,6 +746,29 @@ worker_backoff(int64 ms)
 }
 
 /*
+ * Say in the server log that the partition's worker runs, once: until a
+ * worker has run without an error, the workers that the launcher starts
+ * again and again for the partition say it only at DEBUG1.
+ */
+static void
+log_started(void)
+{
+	bool		logged;
+
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	logged = worker.slot->start_logged;
+	worker.slot->start_logged = true;
+	LWLockRelease(stp_shared->lock);
+	if (worker.slot->caught_up_at == 0)
+		worker.slot->caught_up_at = GetCurrentTimestamp();
+	ereport(logged ? DEBUG1 : LOG,
+			(errmsg("stp job \"%s\" partition %d started from %s " INT64_FORMAT "%s",
+					worker.def->job_name, worker.args.partition,
+					worker.def->order_column, worker.offset,
+					worker.def->restored ? ", restored from a dump" : "")));
+}
+
+/*
  * Entry point of a partition worker: connect as the job's owner, become the
  * partition's only worker, then run batches until stopped, retrying errors
  * with backoff and failing the partition on errors a retry cannot cure.
@@ -720,7 +778,6 @@ stp_worker_main(Datum main_arg)
 {
 	MemoryContext batch_ctx;
 	volatile int failures = 0;
-	volatile bool healthy = false;
 
 	memcpy(&worker.args, MyBgworkerEntry->bgw_extra, sizeof(StpWorkerArgs));
 
@@ -777,9 +834,15 @@ stp_worker_main(Datum main_arg)
 			{
 				if (!worker_setup())
 					stop = true;
+				else
+					log_started();
 			}
 			else
 				did_work = worker_step((bool *) &stop);
+			if (failures > 0)
+				ereport(LOG,
+						(errmsg("stp job %d partition %d recovered after %d failed attempts",
+								worker.args.job_id, worker.args.partition, failures)));
 			failures = 0;
 		}
 		PG_CATCH();
@@ -791,7 +854,10 @@ stp_worker_main(Datum main_arg)
 			MemoryContextSwitchTo(batch_ctx);
 			edata = CopyErrorData();
 			HOLD_INTERRUPTS();
-			EmitErrorReport();
+			/* The server log gets the first error of a series, and the last. */
+			if (failures == 0 || failures >= stp_max_retries ||
+				error_is_permanent(edata->sqlerrcode))
+				EmitErrorReport();
 			AbortOutOfAnyTransaction();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
@@ -804,15 +870,25 @@ stp_worker_main(Datum main_arg)
 			message = edata->detail ?
 				psprintf("%s (%s)", edata->message, edata->detail) :
 				pstrdup(edata->message);
+			if (failures == 1 && failures <= stp_max_retries)
+				ereport(LOG,
+						(errmsg("stp job %d partition %d is retrying after an error: %s",
+								worker.args.job_id, worker.args.partition, message)));
 			set_slot_state(STP_WS_RETRYING);
 			if (!record_error(message, failures > stp_max_retries))
 				proc_exit(0);
 			if (failures > stp_max_retries)
 			{
-				ereport(LOG,
-						(errmsg("stp job %d partition %d failed after %d attempts: %s",
-								worker.args.job_id, worker.args.partition,
-								failures, message)));
+				worker.failed = true;
+				if (error_is_permanent(edata->sqlerrcode))
+					ereport(LOG,
+							(errmsg("stp job %d partition %d failed: %s",
+									worker.args.job_id, worker.args.partition, message)));
+				else
+					ereport(LOG,
+							(errmsg("stp job %d partition %d failed after %d attempts: %s",
+									worker.args.job_id, worker.args.partition,
+									failures, message)));
 				proc_exit(0);
 			}
 			backoff = Min((int64) 1000 << Min(failures - 1, 6), 60000);
@@ -825,10 +901,10 @@ stp_worker_main(Datum main_arg)
 		if (stop)
 			proc_exit(0);
 
-		if (!healthy && worker.def != NULL && failures == 0)
+		if (!worker.healthy && worker.def != NULL && failures == 0)
 		{
 			/* A worker that got this far is not crash-looping. */
-			healthy = true;
+			worker.healthy = true;
 			LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 			worker.slot->restarts = 0;
 			LWLockRelease(stp_shared->lock);
@@ -836,8 +912,13 @@ stp_worker_main(Datum main_arg)
 
 		if (!did_work && failures == 0 && worker.def != NULL)
 		{
-			set_slot_state(STP_WS_IDLE);
-			worker_sleep(worker.def->poll_interval_ms);
+			if (worker.def->restored)
+				worker_sleep(Max(worker.def->poll_interval_ms, 1000));
+			else
+			{
+				set_slot_state(STP_WS_IDLE);
+				worker_sleep(worker.def->poll_interval_ms);
+			}
 		}
 	}
 }

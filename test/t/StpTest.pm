@@ -46,14 +46,16 @@ $extra
 	return $node;
 }
 
-# The extension and the source: k and tag are NULL-able group keys, v and n
+# The extension (of version $o{version}, default the newest) and the
+# source: k and tag are NULL-able group keys, v and n
 # NULL-able values.  w and s tag every writer transaction, so that the rows
 # of a transaction whose commit the writer could not confirm can be found
 # afterwards.
 sub create_events
 {
-	my ($node) = @_;
-	$node->safe_psql('postgres', 'CREATE EXTENSION stp');
+	my ($node, %o) = @_;
+	$node->safe_psql('postgres',
+		'CREATE EXTENSION stp' . ($o{version} ? " VERSION '$o{version}'" : ''));
 	$node->safe_psql(
 		'postgres', q{
 CREATE TABLE events (
@@ -367,68 +369,69 @@ sub result_vs_batch_sql
 #                 the partitions (unless undef)
 #   sum_vs_batch  also: the result counts as many rows as the batch query
 #   processed_upto also: every partition processed the whole sequence
+#   db            the database (default postgres)
+#   await         wait with CALL stp_await instead of stp_wait
 sub check_job
 {
 	my ($node, %o) = @_;
 	my ($job, $result, $q) = @o{qw(job result query)};
 	my $p = $o{prefix} // '';
 	my $timeout = $o{wait_timeout} // 120;
+	my $db = $o{db} // 'postgres';
+	# Every query below runs in $db.
+	my $psql = sub { my ($sql) = @_; return $node->safe_psql($db, $sql); };
 
 	my $caught_up = 'f';
-	if ($o{wait_step})
+	if ($o{await})
+	{
+		$caught_up = $psql->("CALL stp_await('$job', '$timeout s')");
+	}
+	elsif ($o{wait_step})
 	{
 		# Wait in short calls, as the README advises for a long wait.
 		my $deadline = time() + $timeout;
 		while ($caught_up ne 't' && time() < $deadline)
 		{
-			$caught_up = $node->safe_psql('postgres',
-				"SELECT stp_wait('$job', '$o{wait_step} s')");
+			$caught_up = $psql->("SELECT stp_wait('$job', '$o{wait_step} s')");
 		}
 	}
 	else
 	{
-		$caught_up = $node->safe_psql('postgres', "SELECT stp_wait('$job', '$timeout s')");
+		$caught_up = $psql->("SELECT stp_wait('$job', '$timeout s')");
 	}
 	is($caught_up, 't', "$p$o{wait_msg}");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT count(*) FROM stp.job_status WHERE job_name = '$job' AND state IN ('failed', 'stopped')"
+	is( $psql->("SELECT count(*) FROM stp.job_status WHERE job_name = '$job' AND state IN ('failed', 'stopped')"
 		),
 		'0',
 		"$p" . ($o{failed_msg} // 'no partition failed'));
 
 	my ($missing_in_batch, $missing_in_result) =
 	  result_vs_batch_sql($result, $q, $o{cols});
-	is($node->safe_psql('postgres', $missing_in_batch),
+	is($psql->($missing_in_batch),
 		'0', "${p}no result row is missing from the batch query");
-	is($node->safe_psql('postgres', $missing_in_result),
+	is($psql->($missing_in_result),
 		'0', "${p}no batch query row is missing from the result");
-	is( $node->safe_psql('postgres', "SELECT count(*) FROM $result"),
-		$node->safe_psql('postgres', "SELECT count(*) FROM ($q) b"),
+	is( $psql->("SELECT count(*) FROM $result"),
+		$psql->("SELECT count(*) FROM ($q) b"),
 		"${p}result and batch query have the same number of groups");
-	is( $node->safe_psql('postgres', "SELECT sum(cnt) FROM $result"),
-		$node->safe_psql('postgres', "SELECT sum(cnt) FROM ($q) b"),
+	is( $psql->("SELECT sum(cnt) FROM $result"),
+		$psql->("SELECT sum(cnt) FROM ($q) b"),
 		"${p}the result counts as many rows as the batch query")
 	  if $o{sum_vs_batch};
 	if (defined $o{inserted})
 	{
-		is($node->safe_psql('postgres', "SELECT sum(cnt) FROM $result"),
+		is($psql->("SELECT sum(cnt) FROM $result"),
 			$o{inserted}, "${p}the result counts every inserted row exactly once");
-		is( $node->safe_psql(
-				'postgres',
-				"SELECT sum(rows_processed) FROM stp.job_status WHERE job_name = '$job'"),
+		is( $psql->("SELECT sum(rows_processed) FROM stp.job_status WHERE job_name = '$job'"),
 			$o{inserted},
 			"${p}the partitions processed every row exactly once");
 	}
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT bool_and(processed_upto = (SELECT last_value FROM events_id_seq)) FROM stp.job_status WHERE job_name = '$job'"
+	is( $psql->("SELECT bool_and(processed_upto = (SELECT last_value FROM events_id_seq)) FROM stp.job_status WHERE job_name = '$job'"
 		),
 		't',
 		"${p}every partition processed up to the last value of the sequence")
 	  if $o{processed_upto};
-	is( $node->safe_psql(
-			'postgres', qq{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+	is( $psql->(qq{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
 			FROM pg_attribute WHERE attrelid = '$result'::regclass AND attnum > 0
 			AND NOT attisdropped AND attname NOT LIKE '\\_stp\\_%'}),
 		$o{types},
