@@ -172,8 +172,22 @@ sub wait_for_crash_restart
 		$log_offset);
 	$node->wait_for_log(qr/all server processes terminated; reinitializing/,
 		$log_offset);
-	$node->poll_query_until('postgres', 'SELECT 1', '1')
-	  or die "server did not come back after killing $what";
+
+	# Not poll_query_until: it feeds the query to psql's stdin, and a psql
+	# that is refused while the server restarts can exit before reading
+	# it, so that IPC::Run dies of a broken pipe.  psql -c reads no stdin.
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (1)
+	{
+		my ($out, $err) = ('', '');
+		IPC::Run::run(
+			[ 'psql', '-XAt', '-c', 'SELECT 1', '-d', $node->connstr('postgres') ],
+			'<', '/dev/null', '>', \$out, '2>', \$err);
+		last if $? == 0 && $out eq "1\n";
+		die "server did not come back after killing $what"
+		  if time() > $deadline;
+		usleep(100_000);
+	}
 }
 
 # Writers are forked processes that run one psql per transaction, so that
