@@ -26,6 +26,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "parser/parse_type.h"
 #include "utils/regproc.h"
 #include "pgstat.h"
@@ -49,6 +50,9 @@ PG_FUNCTION_INFO_V1(stp_resume_job);
 PG_FUNCTION_INFO_V1(stp_drop_job);
 
 #define STP_MAX_BATCH_SIZE		100000000
+
+/* Free space on every page lets each merge be a HOT update. */
+#define RESULT_FILLFACTOR		50
 
 /*
  * Find a job by name.  With for_update, lock its row and check that the
@@ -417,7 +421,8 @@ verify_result_table(Oid relid, List *columns, int nkeys)
  * merged 20 times, with a 9 times smaller table.
  */
 static Oid
-create_result_table(Oid nspid, const char *relname, List *columns, int nkeys)
+create_result_table(Oid nspid, const char *relname, List *columns, int nkeys,
+					int fillfactor)
 {
 	StringInfoData buf;
 	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
@@ -435,8 +440,7 @@ create_result_table(Oid nspid, const char *relname, List *columns, int nkeys)
 		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
 			appendStringInfo(&buf, " COLLATE %s", generate_collation_name(col->collation));
 	}
-	/* Free space on every page lets each merge be a HOT update. */
-	appendStringInfoString(&buf, ") WITH (fillfactor = 50)");
+	appendStringInfo(&buf, ") WITH (fillfactor = %d)", fillfactor);
 	if (SPI_execute(buf.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create result table %s", qualified);
 
@@ -473,7 +477,56 @@ create_state_table(Oid nspid, const char *result_name, List *columns, int nkeys)
 				 errmsg("relation \"%s\" already exists", name),
 				 errdetail("The job keeps the state of its groups in a table named after its result."),
 				 errhint("Choose another result name, or drop the relation.")));
-	return create_result_table(nspid, name, columns, nkeys);
+	return create_result_table(nspid, name, columns, nkeys, RESULT_FILLFACTOR);
+}
+
+/*
+ * Create the distinct table of each count(DISTINCT x) of the job, named
+ * after the state table: the group's keys and the value, unique together.
+ * The value column has the argument's type and the aggregate's collation,
+ * so that the index's default btree operator class compares values as
+ * the batch query's DISTINCT does.  The table is only inserted into.
+ */
+static void
+create_distinct_tables(Oid nspid, Oid state_relid, StpShape *shape,
+					   List *columns, int nkeys)
+{
+	ListCell   *lc;
+
+	foreach(lc, shape->aggrefs)
+	{
+		Aggref	   *agg = lfirst_node(Aggref, lc);
+		Node	   *arg;
+		char	   *name;
+		StpColumn  *value;
+
+		if (!agg->aggdistinct)
+			continue;
+		arg = (Node *) linitial_node(TargetEntry, agg->args)->expr;
+		name = stp_distinct_table_name(get_rel_name(state_relid),
+									   foreach_current_index(lc));
+		if (strlen(name) >= NAMEDATALEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("distinct table name \"%s\" is too long", name),
+					 errdetail("The job keeps the values of count(DISTINCT ...) in a table named after its state table, which must fit in %d bytes.",
+							   NAMEDATALEN - 1),
+					 errhint("Choose a shorter result name.")));
+		if (OidIsValid(get_relname_relid(name, nspid)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_TABLE),
+					 errmsg("relation \"%s\" already exists", name),
+					 errdetail("The job keeps the values of count(DISTINCT ...) in a table named after its state table."),
+					 errhint("Choose another result name, or drop the relation.")));
+		value = palloc(sizeof(StpColumn));
+		value->name = "_stp_value";
+		value->type = exprType(arg);
+		value->typmod = exprTypmod(arg);
+		value->collation = agg->inputcollid;
+		(void) create_result_table(nspid, name,
+								   lappend(list_copy_head(columns, nkeys), value),
+								   nkeys + 1, 100);
+	}
 }
 
 /*
@@ -682,9 +735,11 @@ stp_start_job(PG_FUNCTION_ARGS)
 		{
 			result_relid = create_state_table(nspid, rv->relname, columns, nkeys);
 			view_relid = create_result_view(nspid, rv->relname, shape, result_relid);
+			create_distinct_tables(nspid, result_relid, shape, columns, nkeys);
 		}
 		else
-			result_relid = create_result_table(nspid, rv->relname, columns, nkeys);
+			result_relid = create_result_table(nspid, rv->relname, columns, nkeys,
+											   RESULT_FILLFACTOR);
 	}
 	def.result = result_relid;
 	if (shape && shape->global &&
@@ -890,6 +945,8 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	char	   *job_name;
 	bool		drop_result;
 	StpJobRef  *job;
+	StpJobDef  *def;
+	ListCell   *lc;
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
@@ -900,6 +957,7 @@ stp_drop_job(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = stp_lookup_job(job_name, true);
+	def = stp_load_job(job->job_id, NULL, CurrentMemoryContext);
 	values[0] = Int32GetDatum(job->job_id);
 	stp_catalog_exec("DELETE FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0);
 
@@ -912,6 +970,18 @@ stp_drop_job(PG_FUNCTION_ARGS)
 			SPI_execute(psprintf("DROP VIEW %s", stp_qualified_relname(job->result_view)),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not drop the result view");
+		foreach(lc, def ? def->agg_kinds : NIL)
+		{
+			Oid			side;
+
+			if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+				continue;
+			side = stp_distinct_table(def, foreach_current_index(lc));
+			if (OidIsValid(side) &&
+				SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(side)),
+							false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not drop a distinct table");
+		}
 		if (get_rel_name(job->result) != NULL &&
 			SPI_execute(psprintf("DROP TABLE %s", stp_qualified_relname(job->result)),
 						false, 0) != SPI_OK_UTILITY)

@@ -19,10 +19,12 @@
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_aggregate.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/clauses.h"
 #include "optimizer/optimizer.h"
@@ -183,13 +185,25 @@ classify_aggregate(Aggref *agg, const char *colname)
 	nsp = proc->pronamespace;
 	ReleaseSysCache(tup);
 
-	if (agg->aggdistinct)
-		refuse("DISTINCT aggregates", "A distinct count cannot be merged from partial counts; group by the value in a job of its own, and count its rows when you read the result.");
 	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
 		refuse("ordered-set aggregates and aggregates with ORDER BY", NULL);
 
 	if (agg->args)
 		argtype = exprType((Node *) linitial_node(TargetEntry, agg->args)->expr);
+
+	if (agg->aggdistinct)
+	{
+		if (nsp != PG_CATALOG_NAMESPACE || strcmp(fname, "count") != 0)
+			refuse("DISTINCT aggregates other than count(DISTINCT x)",
+				   "Only count(DISTINCT x) keeps a state that stp can merge.");
+		if (!OidIsValid(GetDefaultOpClass(argtype, BTREE_AM_OID)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("count(DISTINCT %s) is not supported in a job's query",
+							format_type_be(argtype)),
+					 errdetail("stp keeps the distinct values in a unique index, which needs a default btree operator class for the type.")));
+		return STP_AGG_COUNT_DISTINCT;
+	}
 
 	if (nsp == PG_CATALOG_NAMESPACE)
 	{
@@ -251,7 +265,7 @@ classify_aggregate(Aggref *agg, const char *colname)
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
+			 errhint("The supported aggregates are count(*), count(x), count(DISTINCT x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
@@ -328,7 +342,9 @@ is_group_key(Query *q, TargetEntry *tle)
 /*
  * Is the query's output its state: its group keys, all selected, then its
  * aggregates, each a column of its own, and nothing that filters or orders
- * the groups?  Such a job merges into its result table directly.
+ * the groups?  Such a job merges into its result table directly.  A
+ * count(DISTINCT x) needs a state table, next to which its distinct table
+ * is kept.
  */
 static bool
 is_plain(Query *q)
@@ -349,7 +365,7 @@ is_plain(Query *q)
 		}
 		else if (tle->resjunk)
 			continue;
-		else if (IsA(tle->expr, Aggref))
+		else if (IsA(tle->expr, Aggref) && !((Aggref *) tle->expr)->aggdistinct)
 			seen_agg = true;
 		else
 			return false;

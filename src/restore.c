@@ -55,14 +55,14 @@ stp_job_origin(Oid source)
 }
 
 /*
- * Does the result table have a valid unique index on exactly the job's
- * group columns?  pg_restore creates it in the post-data section, after
- * all data; the merge cannot run without it.
+ * Does the table have a valid unique index on exactly the columns?
+ * pg_restore creates it in the post-data section, after all data; the
+ * merge cannot run without it.
  */
 static bool
-result_has_key_index(StpJobDef *def)
+has_unique_index(Oid relid, List *columns)
 {
-	Relation	rel = try_relation_open(def->result, AccessShareLock);
+	Relation	rel = try_relation_open(relid, AccessShareLock);
 	List	   *indexes;
 	ListCell   *lc;
 	bool		found = false;
@@ -80,14 +80,14 @@ result_has_key_index(StpJobDef *def)
 			continue;
 		idx = (Form_pg_index) GETSTRUCT(tup);
 		match = idx->indisunique && idx->indisvalid &&
-			idx->indnkeyatts == list_length(def->key_names);
+			idx->indnkeyatts == list_length(columns);
 		for (int i = 0; match && i < idx->indnkeyatts; i++)
 		{
-			char	   *attname = get_attname(def->result, idx->indkey.values[i], true);
+			char	   *attname = get_attname(relid, idx->indkey.values[i], true);
 			ListCell   *kc;
 
 			match = false;
-			foreach(kc, def->key_names)
+			foreach(kc, columns)
 			{
 				if (attname && strcmp(attname, lfirst(kc)) == 0)
 					match = true;
@@ -102,6 +102,32 @@ result_has_key_index(StpJobDef *def)
 	}
 	relation_close(rel, AccessShareLock);
 	return found;
+}
+
+/*
+ * Do the result table, and the distinct table of each count(DISTINCT),
+ * have their unique indexes?  A distinct table's index comes after its
+ * rows, so a job never counts a value again that the dump held.
+ */
+static bool
+has_key_indexes(StpJobDef *def)
+{
+	List	   *columns = lappend(list_copy(def->key_names), "_stp_value");
+	ListCell   *lc;
+
+	if (!has_unique_index(def->result, def->key_names))
+		return false;
+	foreach(lc, def->agg_kinds)
+	{
+		Oid			side;
+
+		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			continue;
+		side = stp_distinct_table(def, foreach_current_index(lc));
+		if (!OidIsValid(side) || !has_unique_index(side, columns))
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -177,7 +203,7 @@ stp_restore_complete(StpJobDef *def, int64 progress, StpSlot *slot)
 		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)) &&
 		SearchSysCacheExists1(SEQRELID, ObjectIdGetDatum(def->sequence)))
 	{
-		if (!result_has_key_index(def))
+		if (!has_key_indexes(def))
 			wait = STP_RW_KEY_INDEX;
 		else if ((high = stp_sequence_high_water(def->sequence)) < progress)
 			wait = STP_RW_SEQUENCE;

@@ -50,7 +50,7 @@ stp_variance_state_column(const char *name)
 static const char *const agg_kind_names[] = {
 	"count", "sum", "min", "max", "avg_numeric", "avg_float",
 	"bool_and", "bool_or", "bit_and", "bit_or",
-	"var_samp", "var_pop", "stddev_samp", "stddev_pop"
+	"var_samp", "var_pop", "stddev_samp", "stddev_pop", "count_distinct"
 };
 
 /*
@@ -199,6 +199,34 @@ keys_have_collations(StpJobDef *def)
 }
 
 /*
+ * Append the FROM and WHERE of a batch: the source rows in the order-column
+ * range ($1, $2] that the job's WHERE keeps and whose groups the partition
+ * owns.
+ */
+static void
+append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
+{
+	ListCell   *lc;
+	const char *ord = quote_identifier(def->order_column);
+
+	appendStringInfo(buf, " FROM %s WHERE %s > $1 AND %s <= $2",
+					 stp_qualified_relname(def->source), ord, ord);
+	if (def->where_clause)
+		appendStringInfo(buf, " AND (%s)", def->where_clause);
+	if (def->partitions > 1)
+	{
+		bool		as_row = keys_have_collations(def);
+
+		appendStringInfo(buf, " AND stp.in_partition(%d, %d, %s", partition,
+						 def->partitions, as_row ? "ROW(" : "");
+		foreach(lc, def->key_exprs)
+			appendStringInfo(buf, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+							 (char *) lfirst(lc));
+		appendStringInfoString(buf, as_row ? "))" : ")");
+	}
+}
+
+/*
  * Append the SELECT that aggregates one partition's groups of a batch.
  * Its columns are k0.. for the keys, a0.. for the aggregates, s<i> and
  * n<i> for avg's state, and _rows, the number of source rows, unless the
@@ -213,7 +241,6 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 			   *lc3;
 	int			nkeys = list_length(def->key_names);
 	int			i;
-	const char *ord = quote_identifier(def->order_column);
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "SELECT ");
@@ -232,6 +259,15 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		{
 			case STP_AGG_COUNT:
 				appendStringInfo(&buf, "pg_catalog.count(%s)%s", arg ? arg : "*", f);
+				break;
+
+				/*
+				 * The distinct count grows by the values the distinct
+				 * table did not hold yet, which stp_distinct_sql adds after
+				 * the batch.
+				 */
+			case STP_AGG_COUNT_DISTINCT:
+				appendStringInfoString(&buf, "0::pg_catalog.int8");
 				break;
 			case STP_AGG_SUM:
 				appendStringInfo(&buf, "pg_catalog.sum(%s)%s", arg, f);
@@ -296,21 +332,7 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 		appendStringInfoString(&buf, "pg_catalog.count(*) AS _rows, ");
 	buf.len -= 2;				/* the last ", " */
 	buf.data[buf.len] = '\0';
-	appendStringInfo(&buf, " FROM %s WHERE %s > $1 AND %s <= $2",
-					 stp_qualified_relname(def->source), ord, ord);
-	if (def->where_clause)
-		appendStringInfo(&buf, " AND (%s)", def->where_clause);
-	if (def->partitions > 1)
-	{
-		bool		as_row = keys_have_collations(def);
-
-		appendStringInfo(&buf, " AND stp.in_partition(%d, %d, %s", partition,
-						 def->partitions, as_row ? "ROW(" : "");
-		foreach(lc, def->key_exprs)
-			appendStringInfo(&buf, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
-							 (char *) lfirst(lc));
-		appendStringInfoString(&buf, as_row ? "))" : ")");
-	}
+	append_source_rows(&buf, def, partition);
 	appendStringInfoString(&buf, " GROUP BY ");
 	for (i = 0; i < nkeys; i++)
 		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
@@ -338,7 +360,7 @@ stp_initial_row_sql(StpJobDef *def)
 	{
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
 
-		if (kind == STP_AGG_COUNT)
+		if (kind == STP_AGG_COUNT || kind == STP_AGG_COUNT_DISTINCT)
 			appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
 		else if (is_avg(kind))
 			appendStringInfo(&buf, ", %s",
@@ -352,7 +374,7 @@ stp_initial_row_sql(StpJobDef *def)
 	{
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
 
-		if (kind == STP_AGG_COUNT || is_avg(kind))
+		if (kind == STP_AGG_COUNT || kind == STP_AGG_COUNT_DISTINCT || is_avg(kind))
 			appendStringInfoString(&buf, ", 0");
 		else if (STP_AGG_IS_VARIANCE(kind))
 			appendStringInfoString(&buf, ", '{0,0,0}'");
@@ -457,6 +479,9 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 			case STP_AGG_COUNT:
 				appendStringInfo(&buf, "r.%s + EXCLUDED.%s", col, col);
 				break;
+			case STP_AGG_COUNT_DISTINCT:
+				appendStringInfo(&buf, "r.%s", col);
+				break;
 			case STP_AGG_SUM:
 				append_sum_merge(&buf, col);
 				break;
@@ -528,5 +553,87 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 						 count_star_position(def));
 	else
 		appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8 FROM a");
+	return buf.data;
+}
+
+/*
+ * The name of the distinct table of the job's agg-th aggregate, a
+ * count(DISTINCT x): it is named after the state table, in its schema.
+ */
+char *
+stp_distinct_table_name(const char *state_name, int agg)
+{
+	return psprintf("%s_distinct_%d", state_name, agg);
+}
+
+/*
+ * The distinct table of the job's agg-th aggregate, found by its name next
+ * to the state table, or InvalidOid if there is none.
+ */
+Oid
+stp_distinct_table(StpJobDef *def, int agg)
+{
+	char	   *state_name = get_rel_name(def->result);
+
+	if (state_name == NULL)
+		return InvalidOid;
+	return get_relname_relid(stp_distinct_table_name(state_name, agg),
+							 get_rel_namespace(def->result));
+}
+
+/*
+ * The statement that counts the new distinct values of the job's agg-th
+ * aggregate, a count(DISTINCT x), in the batch ($1, $2] of a partition.
+ * It runs after the batch statement, in its transaction, so the groups
+ * are in the state table already.  The distinct table keeps one row per
+ * group and value, unique under the value's default btree equality and
+ * the aggregate's collation, as the batch query's DISTINCT compares
+ * them; the values that are new to it are the ones the batch adds to the
+ * group's count.  NULLs are not counted, and are not kept.
+ */
+char *
+stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	Oid			side = stp_distinct_table(def, agg);
+	const char *col = quote_identifier(list_nth(def->agg_names, agg));
+	const char *arg = list_nth(def->agg_args, agg);
+	char	   *cond = agg < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, agg) : NULL;
+	List	   *keys = NIL;
+
+	if (!OidIsValid(side))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("distinct table %s of job \"%s\" does not exist",
+						stp_distinct_table_name(get_rel_name(def->result), agg),
+						def->job_name),
+				 errdetail("The job keeps the values of count(DISTINCT ...) in a table next to its state table."),
+				 errhint("Drop the job and create it again.")));
+	foreach(lc, def->key_names)
+		keys = lappend(keys, (char *) quote_identifier(lfirst(lc)));
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "WITH d AS (INSERT INTO %s (", stp_qualified_relname(side));
+	append_joined(&buf, keys);
+	appendStringInfoString(&buf, ", _stp_value) SELECT ");
+	append_joined(&buf, def->key_exprs);
+	appendStringInfo(&buf, ", %s", arg);
+	append_source_rows(&buf, def, partition);
+	appendStringInfo(&buf, " AND (%s) IS NOT NULL", arg);
+	if (cond)
+		appendStringInfo(&buf, " AND (%s)", cond);
+	appendStringInfoString(&buf, " ON CONFLICT DO NOTHING RETURNING ");
+	append_joined(&buf, keys);
+	appendStringInfo(&buf, ") INSERT INTO %s AS r (", stp_qualified_relname(def->result));
+	append_joined(&buf, keys);
+	appendStringInfo(&buf, ", %s) SELECT ", col);
+	append_joined(&buf, keys);
+	appendStringInfoString(&buf, ", pg_catalog.count(*) FROM d GROUP BY ");
+	append_joined(&buf, keys);
+	appendStringInfoString(&buf, " ON CONFLICT (");
+	append_joined(&buf, keys);
+	appendStringInfo(&buf, ") DO UPDATE SET %s = r.%s + EXCLUDED.%s", col, col, col);
 	return buf.data;
 }

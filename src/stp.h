@@ -163,7 +163,9 @@ typedef enum StpAggKind
 	STP_AGG_VAR_SAMP,			/* var_samp and variance */
 	STP_AGG_VAR_POP,
 	STP_AGG_STDDEV_SAMP,		/* stddev_samp and stddev */
-	STP_AGG_STDDEV_POP
+	STP_AGG_STDDEV_POP,
+	/* count(DISTINCT x), counted through a distinct table (sqlgen.c) */
+	STP_AGG_COUNT_DISTINCT
 } StpAggKind;
 
 #define STP_AGG_IS_AVG(kind) \
@@ -204,6 +206,9 @@ extern char *stp_avg_sum_column(const char *name);
 extern char *stp_avg_count_column(const char *name);
 extern char *stp_variance_state_column(const char *name);
 extern char *stp_initial_row_sql(StpJobDef *def);
+extern char *stp_distinct_table_name(const char *state_name, int agg);
+extern Oid	stp_distinct_table(StpJobDef *def, int agg);
+extern char *stp_distinct_sql(StpJobDef *def, int32 partition, int agg);
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn

@@ -68,6 +68,7 @@ typedef struct StpWorker
 	StpSlot    *slot;
 	SPIPlanPtr	lock_plan;
 	SPIPlanPtr	batch_plan;
+	List	   *distinct_plans; /* of SPIPlanPtr, one per count(DISTINCT) */
 	SPIPlanPtr	progress_plan;
 	char	   *source_name;	/* the names the batch plan was made with */
 	char	   *result_name;
@@ -348,6 +349,7 @@ prepare_batch_plan(StpJobDef *def)
 	char	   *sql = stp_batch_sql(def, worker.args.partition);
 	SPIPlanPtr	plan;
 	MemoryContext old;
+	ListCell   *lc;
 
 	elog(DEBUG1, "stp job %d partition %d batch: %s",
 		 worker.args.job_id, worker.args.partition, sql);
@@ -359,6 +361,27 @@ prepare_batch_plan(StpJobDef *def)
 	if (worker.batch_plan)
 		SPI_freeplan(worker.batch_plan);
 	worker.batch_plan = plan;
+
+	foreach(lc, worker.distinct_plans)
+		SPI_freeplan(lfirst(lc));
+	list_free(worker.distinct_plans);
+	worker.distinct_plans = NIL;
+	foreach(lc, def->agg_kinds)
+	{
+		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			continue;
+		sql = stp_distinct_sql(def, worker.args.partition, foreach_current_index(lc));
+		elog(DEBUG1, "stp job %d partition %d distinct: %s",
+			 worker.args.job_id, worker.args.partition, sql);
+		plan = SPI_prepare(sql, 2, types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a distinct count statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		worker.distinct_plans = lappend(worker.distinct_plans, plan);
+		MemoryContextSwitchTo(old);
+	}
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	if (worker.source_name)
@@ -384,6 +407,7 @@ guard_tables(void)
 {
 	StpJobDef  *def = worker.def;
 	char	   *reason;
+	ListCell   *lc;
 
 	LockRelationOid(def->source, AccessShareLock);
 	LockRelationOid(def->result, AccessShareLock);
@@ -392,6 +416,27 @@ guard_tables(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s", reason)));
+
+	/* Each count(DISTINCT) needs its distinct table, found by name. */
+	foreach(lc, def->agg_kinds)
+	{
+		int			agg = foreach_current_index(lc);
+		Oid			side;
+
+		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			continue;
+		side = stp_distinct_table(def, agg);
+		if (!OidIsValid(side))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the distinct table %s of job \"%s\" was dropped or renamed",
+							stp_distinct_table_name(get_rel_name(def->result), agg),
+							def->job_name),
+					 errdetail("The job keeps the values of column \"%s\" in it.",
+							   (char *) list_nth(def->agg_names, agg)),
+					 errhint("Drop the job and create it again.")));
+		LockRelationOid(side, AccessShareLock);
+	}
 	if (strcmp(stp_qualified_relname(def->source), worker.source_name) != 0 ||
 		strcmp(stp_qualified_relname(def->result), worker.result_name) != 0)
 		prepare_batch_plan(def);
@@ -502,6 +547,7 @@ worker_step(bool *stop)
 	int64		hi;
 	int64		rows = 0;
 	TimestampTz started;
+	ListCell   *lc;
 	Datum		values[4];
 	bool		isnull;
 	int			ret;
@@ -614,6 +660,15 @@ worker_step(bool *stop)
 		elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
 	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* The distinct counts, after the batch made their groups. */
+	foreach(lc, worker.distinct_plans)
+	{
+		ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "distinct count statement failed: %s",
+				 SPI_result_code_string(ret));
+	}
 
 	/*
 	 * The batch holds its locks on both tables until it commits, so no
