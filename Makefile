@@ -6,7 +6,9 @@ OBJS = \
 	src/shmem.o \
 	src/launcher.o \
 	src/worker.o \
+	src/batch.o \
 	src/job.o \
+	src/result.o \
 	src/catalog.o \
 	src/status.o \
 	src/query.o \

@@ -26,6 +26,9 @@
 /* A wait for a writer longer than this shows as "blocked". */
 #define STP_BLOCKED_AFTER_MS	1000
 
+/* Free space on every result page lets each merge be a HOT update. */
+#define STP_RESULT_FILLFACTOR	50
+
 /* Upper bound on partitions per job. */
 #define STP_MAX_PARTITIONS		64
 
@@ -298,6 +301,17 @@ extern bool stp_restore_complete(StpJobDef *def, int64 progress, StpSlot *slot);
 
 /* status.c */
 extern void stp_count_rows(StpSlot *slot, int64 rows);
+
+/* result.c */
+extern void stp_verify_result_table(Oid relid, List *columns, int nkeys);
+extern Oid	stp_create_result_table(Oid nspid, const char *relname, List *columns,
+									int nkeys, int fillfactor);
+extern Oid	stp_create_state_table(Oid nspid, const char *result_name,
+								   List *columns, int nkeys);
+extern void stp_create_distinct_tables(Oid nspid, Oid state_relid, StpShape *shape,
+									   List *columns, int nkeys);
+extern Oid	stp_create_result_view(Oid nspid, const char *relname, StpShape *shape,
+								   Oid state_relid);
 
 /* guard.c */
 extern void stp_note_relation(Oid relid, bool truncated);
