@@ -1,0 +1,552 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *		One batch of a partition worker, in one transaction.
+ *
+ * The worker finds how far the source may safely be read, locks its
+ * progress row, checks that the job's tables are still what it was
+ * created on, runs its prepared batch statement (read the new rows, keep
+ * its own groups, aggregate, upsert into the result table) and advances
+ * its progress row in stp.partitions.  Results and progress commit
+ * together, so a crash at any instant loses nothing and counts nothing
+ * twice.  The progress update is fenced on the previous offset: a second
+ * worker for the same partition could not commit a batch twice.
+ *
+ * Never skipping a row: order-column values come from a CACHE 1 sequence,
+ * but transactions commit out of order.  Before reading up to the
+ * sequence's last value L, the worker waits for every transaction that
+ * holds a lock on the sequence or a write lock on the source at that
+ * moment.  nextval() locks the sequence until its transaction ends, and it
+ * does so before it draws an id, so every transaction that drew an id <= L
+ * has then committed or aborted, whether its INSERT used the column's
+ * default or an id it drew earlier with nextval().  New writers are never
+ * blocked.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
+#include "tcop/tcopprot.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "stp.h"
+#include "worker.h"
+
+/*
+ * A batch first locks its partition's progress row, fenced on the offset
+ * it read, before it touches the result table.  A second worker for the
+ * same partition, or a stop or drop in progress, then waits here holding
+ * nothing that the other side needs, so neither can deadlock and no batch
+ * commits twice.
+ */
+#define LOCK_SQL \
+	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id OPERATOR(pg_catalog.=) p.job_id " \
+	"WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 " \
+	"AND p.processed_upto OPERATOR(pg_catalog.=) $3 " \
+	"AND j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed FOR UPDATE OF p"
+
+#define PROGRESS_SQL \
+	"UPDATE stp.partitions SET processed_upto = $3, " \
+	"rows_processed = rows_processed OPERATOR(pg_catalog.+) $4, last_batch_at = pg_catalog.now(), " \
+	"last_error = NULL, error_count = 0 " \
+	"WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2"
+
+/*
+ * Wait until every transaction that now holds a lock on relid that
+ * conflicts with ShareLock has ended: for the source, its writers; for the
+ * sequence, every transaction that drew a value from it.  VACUUM's lock
+ * conflicts too, but VACUUM never inserts rows, so it is not waited for.
+ */
+static void
+wait_for_lockers(Oid relid)
+{
+	LOCKTAG		tag;
+	VirtualTransactionId *vxids;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	vxids = GetLockConflicts(&tag, ShareLock, NULL);
+	for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+
+		if (proc != NULL && proc->lxid == vxids->localTransactionId &&
+			(proc->statusFlags & (PROC_IN_VACUUM | PROC_IS_AUTOVACUUM)))
+			continue;
+		if (VirtualXactLock(*vxids, false))
+			continue;
+		/* Show whom the partition waits for, in stp.job_status. */
+		stp_worker.slot->blocked_since = GetCurrentTimestamp();
+		stp_worker.slot->blocker_relid = relid;
+		stp_worker.slot->blocker_pid = proc ? proc->pid : 0;
+		pgstat_report_activity(STATE_RUNNING, "stp: waiting for writers of the source");
+		VirtualXactLock(*vxids, true);
+		stp_worker.slot->blocker_pid = 0;
+	}
+}
+
+/*
+ * Check one result column's type, type modifier and collation against what
+ * the job's query produces now: a numeric(10,0) column would round a
+ * numeric sum, and another collation would merge or split groups.
+ */
+static void
+check_result_column(const char *name, Form_pg_attribute produced)
+{
+	AttrNumber	attnum = get_attnum(stp_worker.def->result, name);
+	Oid			atttype;
+	int32		atttypmod;
+	Oid			attcoll;
+
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("result table %s has no column \"%s\" any more",
+						stp_qualified_relname(stp_worker.def->result), name)));
+	get_atttypetypmodcoll(stp_worker.def->result, attnum, &atttype, &atttypmod, &attcoll);
+	if (atttype != produced->atttypid || atttypmod != produced->atttypmod)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of result table %s has type %s, but the job's query now produces %s",
+						name, stp_qualified_relname(stp_worker.def->result),
+						format_type_with_typemod(atttype, atttypmod),
+						format_type_with_typemod(produced->atttypid, produced->atttypmod)),
+				 errdetail("The source or the result table was altered after the job was created.")));
+	if (attcoll != produced->attcollation)
+		ereport(ERROR,
+				(errcode(ERRCODE_COLLATION_MISMATCH),
+				 errmsg("column \"%s\" of result table %s has collation %s, but the job's query now produces %s",
+						name, stp_qualified_relname(stp_worker.def->result),
+						OidIsValid(attcoll) ? get_collation_name(attcoll) : "none",
+						OidIsValid(produced->attcollation) ?
+						get_collation_name(produced->attcollation) : "none"),
+				 errdetail("The source or the result table was altered after the job was created.")));
+}
+
+/*
+ * Check that the job's expressions still produce the result table's
+ * column types, and that the source has no row-level security, so that a
+ * changed table fails the job instead of being merged wrongly (an
+ * assignment cast would round a numeric into a bigint without a word).
+ */
+static void
+check_job_relations(void)
+{
+	StpJobDef  *def = stp_worker.def;
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
+	TupleDesc	desc;
+	ListCell   *lc,
+			   *lc2;
+	int			col = 0;
+
+	stp_worker.recheck = false;
+
+	if (SPI_execute_with_args(stp_probe_sql(def), 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the job's column types");
+	desc = SPI_tuptable->tupdesc;
+	foreach(lc, def->key_names)
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++));
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		check_result_column(lfirst(lc), TupleDescAttr(desc, col++));
+		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		{
+			check_result_column(stp_avg_sum_column(lfirst(lc)),
+								TupleDescAttr(desc, col++));
+			check_result_column(stp_avg_count_column(lfirst(lc)),
+								TupleDescAttr(desc, col++));
+		}
+		if (STP_AGG_IS_VARIANCE(kind))
+			check_result_column(stp_variance_state_column(lfirst(lc)),
+								TupleDescAttr(desc, col++));
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Prepare the batch statement with the current names of the job's tables,
+ * replacing the one made with their old names.
+ */
+static void
+prepare_batch_plan(StpJobDef *def)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	char	   *sql = stp_batch_sql(def, stp_worker.args.partition);
+	SPIPlanPtr	plan;
+	MemoryContext old;
+	ListCell   *lc;
+
+	elog(DEBUG1, "stp job %d partition %d batch: %s",
+		 stp_worker.args.job_id, stp_worker.args.partition, sql);
+	plan = SPI_prepare(sql, 2, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the batch statement: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	if (stp_worker.batch_plan)
+		SPI_freeplan(stp_worker.batch_plan);
+	stp_worker.batch_plan = plan;
+
+	foreach(lc, stp_worker.distinct_plans)
+		SPI_freeplan(lfirst(lc));
+	list_free(stp_worker.distinct_plans);
+	stp_worker.distinct_plans = NIL;
+	foreach(lc, def->agg_kinds)
+	{
+		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			continue;
+		sql = stp_distinct_sql(def, stp_worker.args.partition, foreach_current_index(lc));
+		elog(DEBUG1, "stp job %d partition %d distinct: %s",
+			 stp_worker.args.job_id, stp_worker.args.partition, sql);
+		plan = SPI_prepare(sql, 2, types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a distinct count statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		stp_worker.distinct_plans = lappend(stp_worker.distinct_plans, plan);
+		MemoryContextSwitchTo(old);
+	}
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (stp_worker.source_name)
+		pfree(stp_worker.source_name);
+	if (stp_worker.result_name)
+		pfree(stp_worker.result_name);
+	stp_worker.source_name = stp_qualified_relname(def->source);
+	stp_worker.result_name = stp_qualified_relname(def->result);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Lock the job's tables by OID and check that they still are what the job
+ * was created on (guard.c), failing the partition with the reason if not.
+ * The batch statement names its tables, and a cached plan is re-analysed
+ * by name after a change; so if a table was renamed, the statement is
+ * prepared again with its new name.  With the locks held no rename can
+ * commit before the batch does, and a job never switches to another table
+ * that took the old name.
+ */
+static void
+guard_tables(void)
+{
+	StpJobDef  *def = stp_worker.def;
+	char	   *reason;
+	ListCell   *lc;
+
+	LockRelationOid(def->source, AccessShareLock);
+	LockRelationOid(def->result, AccessShareLock);
+	reason = stp_check_job_tables(def, Max(stp_worker.offset, stp_worker.safe_upto));
+	if (reason)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s", reason)));
+
+	/* Each count(DISTINCT) needs its distinct table, found by name. */
+	foreach(lc, def->agg_kinds)
+	{
+		int			agg = foreach_current_index(lc);
+		Oid			side;
+
+		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			continue;
+		side = stp_distinct_table(def, agg);
+		if (!OidIsValid(side))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the distinct table %s of job \"%s\" was dropped or renamed",
+							stp_distinct_table_name(get_rel_name(def->result), agg),
+							def->job_name),
+					 errdetail("The job keeps the values of column \"%s\" in it.",
+							   (char *) list_nth(def->agg_names, agg)),
+					 errhint("Drop the job and create it again.")));
+		LockRelationOid(side, AccessShareLock);
+	}
+	if (strcmp(stp_qualified_relname(def->source), stp_worker.source_name) != 0 ||
+		strcmp(stp_qualified_relname(def->result), stp_worker.result_name) != 0)
+		prepare_batch_plan(def);
+}
+
+/*
+ * Load the job and prepare the worker's statements.  Returns false if the
+ * job no longer exists or should not run.
+ */
+bool
+stp_worker_setup(void)
+{
+	char	   *state;
+	StpJobDef  *def;
+	Oid			types[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
+	bool		ok = true;
+	int			ret;
+	int			nestlevel;
+	MemoryContext caller_ctx = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	nestlevel = stp_pin_worker_settings();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	def = stp_load_job(stp_worker.args.job_id, &state, TopMemoryContext);
+	if (def == NULL || strcmp(state, "running") != 0)
+		ok = false;
+	else
+	{
+		Oid			argtypes[2] = {INT4OID, INT4OID};
+		Datum		args[2] = {Int32GetDatum(stp_worker.args.job_id),
+		Int32GetDatum(stp_worker.args.partition)};
+		bool		isnull;
+
+		stp_apply_job_settings(def, false);
+
+		ret = stp_catalog_exec("SELECT processed_upto, failed FROM stp.partitions "
+							   "WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+							   2, argtypes, args, NULL, true, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			ok = false;
+		else
+		{
+			stp_worker.offset = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1, &isnull));
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 2, &isnull)))
+				ok = false;
+			stp_worker.safe_upto = stp_worker.offset;
+		}
+	}
+
+	if (ok)
+	{
+		SPIPlanPtr	lock_plan;
+		SPIPlanPtr	progress_plan;
+
+		prepare_batch_plan(def);
+		lock_plan = SPI_prepare(LOCK_SQL, 3, types);
+		progress_plan = SPI_prepare(PROGRESS_SQL, 4, types);
+		if (lock_plan == NULL || progress_plan == NULL)
+			elog(ERROR, "could not prepare the progress statements: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(lock_plan);
+		SPI_keepplan(progress_plan);
+		stp_worker.lock_plan = lock_plan;
+		stp_worker.progress_plan = progress_plan;
+		stp_worker.def = def;
+	}
+
+	PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+	return ok;
+}
+
+/*
+ * Is the job still meant to run this partition?  Used when the fenced
+ * progress update matched no row.
+ */
+static bool
+job_still_running(void)
+{
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2] = {Int32GetDatum(stp_worker.args.job_id),
+	Int32GetDatum(stp_worker.args.partition)};
+	int			ret;
+
+	ret = stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+						   "WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 "
+						   "AND j.state OPERATOR(pg_catalog.=) 'running' "
+						   "AND NOT p.failed",
+						   2, argtypes, args, NULL, false, 1);
+	return ret == SPI_OK_SELECT && SPI_processed == 1;
+}
+
+/*
+ * Run one batch if there is one.  Returns whether it did work; sets *stop
+ * when the job was stopped or dropped under the worker.
+ */
+bool
+stp_worker_step(bool *stop)
+{
+	int64		hi;
+	int64		rows = 0;
+	TimestampTz started;
+	ListCell   *lc;
+	Datum		values[4];
+	bool		isnull;
+	int			ret;
+	int			nestlevel;
+	MemoryContext caller_ctx = CurrentMemoryContext;
+
+	started = GetCurrentTimestamp();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	nestlevel = stp_pin_worker_settings();
+	SPI_connect();
+
+	if (stp_worker.def->restored)
+	{
+		bool		complete;
+
+		/* A job from a restore runs once the restore is complete. */
+		pgstat_report_activity(STATE_RUNNING, "stp: checking a restored job");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		complete = stp_restore_complete(stp_worker.def, stp_worker.offset, stp_worker.slot);
+		PopActiveSnapshot();
+		if (!complete)
+		{
+			stp_set_slot_state(STP_WS_RESTORED);
+			SPI_finish();
+			AtEOXact_GUC(true, nestlevel);
+			CommitTransactionCommand();
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return false;
+		}
+		stp_worker.def->restored = false;
+		ereport(LOG,
+				(errmsg("stp job \"%s\" partition %d: its restore is complete, the job runs",
+						stp_worker.def->job_name, stp_worker.args.partition)));
+	}
+
+	if (stp_worker.offset >= stp_worker.safe_upto)
+	{
+		bool		is_called;
+		int64		last;
+
+		pgstat_report_activity(STATE_RUNNING, "stp: reading the sequence");
+		last = stp_sequence_last_value(stp_worker.def->sequence, &is_called);
+		if (is_called && last > stp_worker.safe_upto)
+		{
+			wait_for_lockers(stp_worker.def->sequence);
+			wait_for_lockers(stp_worker.def->source);
+			stp_worker.safe_upto = last;
+		}
+	}
+
+	if (stp_worker.offset >= stp_worker.safe_upto)
+	{
+		/* Caught up: still check the tables, so that a change shows now. */
+		guard_tables();
+		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
+		SPI_finish();
+		AtEOXact_GUC(true, nestlevel);
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return false;
+	}
+
+	stp_set_slot_state(STP_WS_RUNNING);
+	if (stp_worker.def->batch_size >= stp_worker.safe_upto - stp_worker.offset)
+		hi = stp_worker.safe_upto;
+	else
+		hi = stp_worker.offset + stp_worker.def->batch_size;
+
+	/* Taken after the wait, so that it sees every settled writer. */
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	values[0] = Int32GetDatum(stp_worker.args.job_id);
+	values[1] = Int32GetDatum(stp_worker.args.partition);
+	values[2] = Int64GetDatum(stp_worker.offset);
+	ret = stp_catalog_exec_plan(stp_worker.lock_plan, values);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the partition's progress: %s", SPI_result_code_string(ret));
+	if (SPI_processed != 1)
+	{
+		if (!job_still_running())
+		{
+			/* Stopped or dropped: leave without a batch. */
+			PopActiveSnapshot();
+			SPI_finish();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
+			*stop = true;
+			return false;
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("progress of job %d partition %d moved under its worker",
+						stp_worker.args.job_id, stp_worker.args.partition)));
+	}
+
+	/*
+	 * Only now, holding the progress row, lock and check the tables: a
+	 * stp_drop_job that holds the job's rows and waits to drop the result
+	 * table then never waits for this worker while it waits for them.
+	 */
+	guard_tables();
+
+	pgstat_report_activity(STATE_RUNNING, "stp: batch");
+	values[0] = Int64GetDatum(stp_worker.offset);
+	values[1] = Int64GetDatum(hi);
+	ret = SPI_execute_plan(stp_worker.batch_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* The distinct counts, after the batch made their groups. */
+	foreach(lc, stp_worker.distinct_plans)
+	{
+		ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "distinct count statement failed: %s",
+				 SPI_result_code_string(ret));
+	}
+
+	/*
+	 * The batch holds its locks on both tables until it commits, so no
+	 * ALTER TABLE can commit between the batch and this check: the check
+	 * sees the catalog state that the batch's plan was made with.
+	 */
+	if (stp_worker.recheck)
+		check_job_relations();
+
+	values[0] = Int32GetDatum(stp_worker.args.job_id);
+	values[1] = Int32GetDatum(stp_worker.args.partition);
+	values[2] = Int64GetDatum(hi);
+	values[3] = Int64GetDatum(rows);
+	ret = stp_catalog_exec_plan(stp_worker.progress_plan, values);
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "progress update failed: %s", SPI_result_code_string(ret));
+
+	PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
+		 INT64_FORMAT " rows in %ld ms",
+		 stp_worker.args.job_id, stp_worker.args.partition, stp_worker.offset, hi, rows,
+		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
+	stp_worker.offset = hi;
+	stp_worker.rows_processed += rows;
+	stp_count_rows(stp_worker.slot, rows);
+	return true;
+}

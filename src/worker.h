@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *		The state of a partition worker, shared by worker.c (the process:
+ *		its slot, settings, errors and loop) and batch.c (one batch).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef STP_WORKER_H
+#define STP_WORKER_H
+
+#include "executor/spi.h"
+
+#include "stp.h"
+
+/* What the launcher passes in bgw_extra. */
+typedef struct StpWorkerArgs
+{
+	Oid			dboid;
+	Oid			owner;
+	int32		job_id;
+	int32		partition;
+} StpWorkerArgs;
+
+/* The worker's state between batches. */
+typedef struct StpWorker
+{
+	StpWorkerArgs args;
+	StpJobDef  *def;
+	StpSlot    *slot;
+	SPIPlanPtr	lock_plan;
+	SPIPlanPtr	batch_plan;
+	List	   *distinct_plans; /* of SPIPlanPtr, one per count(DISTINCT) */
+	SPIPlanPtr	progress_plan;
+	char	   *source_name;	/* the names the batch plan was made with */
+	char	   *result_name;
+	bool		recheck;		/* source or result table may have changed */
+	int64		offset;			/* committed progress */
+	int64		safe_upto;		/* every id <= this has settled */
+	int64		rows_processed;
+	bool		failed;			/* the log said that the partition failed */
+	bool		healthy;		/* ran a step without an error */
+} StpWorker;
+
+extern StpWorker stp_worker;
+
+/* worker.c */
+extern int	stp_pin_worker_settings(void);
+extern void stp_set_slot_state(StpWorkerState state);
+
+/* batch.c */
+extern bool stp_worker_setup(void);
+extern bool stp_worker_step(bool *stop);
+
+#endif							/* STP_WORKER_H */
