@@ -72,19 +72,37 @@ ok( $node->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 2 FROM pg_stat_activity WHERE state = 'active' AND query ~ 'stp_a?wait'"),
 	'both waits are under way');
-my $xmins = '';
-for (1 .. 10)
+# Sample both waiting backends.  The procedure takes a snapshot for each
+# short check, between sleeps of 20 ms; the samples taken while it sleeps
+# (wait_event_type Extension) must show no xmin, but for the rare sample
+# whose xmin and wait event were read on either side of a check's start.
+# The function holds its snapshot all along: every sample shows an xmin.
+my ($sleeping, $sleeping_no_xmin, $function_xmin, $samples) = (0, 0, 0, 0);
+for (1 .. 40)
 {
-	$xmins .= $node->safe_psql(
+	my ($await_sleeps, $await_no_xmin, $wait_has_xmin) = split /\|/,
+	  $node->safe_psql(
 		'postgres', q{
-SELECT (SELECT backend_xmin IS NULL FROM pg_stat_activity WHERE query LIKE 'CALL stp_await%' AND state = 'active')
-    || ' ' ||
-       (SELECT backend_xmin IS NOT NULL FROM pg_stat_activity WHERE query LIKE 'SELECT stp_wait%' AND state = 'active')}
-	) . ';';
-	usleep(100_000);
+SELECT coalesce((SELECT wait_event_type = 'Extension' FROM pg_stat_activity
+                 WHERE query LIKE 'CALL stp_await%' AND state = 'active'), false),
+       coalesce((SELECT backend_xmin IS NULL FROM pg_stat_activity
+                 WHERE query LIKE 'CALL stp_await%' AND state = 'active'), false),
+       coalesce((SELECT backend_xmin IS NOT NULL FROM pg_stat_activity
+                 WHERE query LIKE 'SELECT stp_wait%' AND state = 'active'), false)});
+	$samples++;
+	$function_xmin++ if $wait_has_xmin eq 't';
+	if ($await_sleeps eq 't')
+	{
+		$sleeping++;
+		$sleeping_no_xmin++ if $await_no_xmin eq 't';
+	}
+	usleep(50_000);
 }
-is($xmins, 'true true;' x 10,
-	'while it sleeps, CALL stp_await holds no xmin; SELECT stp_wait holds one');
+note("stp_await: $sleeping_no_xmin of $sleeping samples while sleeping had no xmin");
+cmp_ok($sleeping, '>=', 10, 'CALL stp_await was seen sleeping often');
+cmp_ok($sleeping_no_xmin, '>=', 0.9 * $sleeping,
+	'while it sleeps, CALL stp_await holds no xmin');
+is($function_xmin, $samples, 'SELECT stp_wait holds an xmin all the time it waits');
 
 $open->query_safe('COMMIT');
 $open->quit;
