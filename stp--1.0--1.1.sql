@@ -72,19 +72,21 @@ SELECT j.job_name,
             ELSE 'waiting' END AS state,
        p.processed_upto,
        p.rows_processed,
-       GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                - p.processed_upto, 0) AS rows_behind,
+       b.rows_behind,
        p.last_batch_at,
        COALESCE(p.last_error, w.note) AS last_error,
        round(COALESCE(a.rows_last_minute, 0) / 60.0, 1) AS rows_per_second,
-       CASE WHEN GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                          - p.processed_upto, 0) = 0 OR w.state = 'idle' THEN 0
+       CASE WHEN b.rows_behind = 0 OR w.state = 'idle' THEN 0
             ELSE round(extract(epoch FROM clock_timestamp()
                                - COALESCE(a.caught_up_at, p.last_batch_at, j.created_at))::numeric, 1)
        END AS seconds_behind,
        a.waiting_for_pid
 FROM stp.jobs j
 JOIN stp.partitions p ON p.job_id = j.job_id
+-- The sequence is read once per partition, for both columns.
+CROSS JOIN LATERAL (
+    SELECT GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
+                    - p.processed_upto, 0) AS rows_behind) b
 LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
 LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
 ORDER BY j.job_name, p.partition;

@@ -112,28 +112,6 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'stp_wait'
 LANGUAGE C VOLATILE;
 
-CREATE VIEW stp.job_status AS
-SELECT j.job_name,
-       j.job_id,
-       p.partition,
-       w.pid,
-       CASE WHEN j.state = 'stopped' THEN 'stopped'
-            WHEN p.failed THEN 'failed'
-            WHEN w.state IS NOT NULL THEN w.state
-            ELSE 'waiting' END AS state,
-       p.processed_upto,
-       p.rows_processed,
-       GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                - p.processed_upto, 0) AS rows_behind,
-       p.last_batch_at,
-       COALESCE(p.last_error, w.note) AS last_error
-FROM stp.jobs j
-JOIN stp.partitions p ON p.job_id = j.job_id
-LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
-ORDER BY j.job_name, p.partition;
-
-GRANT SELECT ON stp.job_status TO PUBLIC;
-
 -- ---- Query shapes (FILTER, result views, more aggregates) ----
 
 -- The FILTER condition of each aggregate in agg_names, NULL where it has
@@ -185,10 +163,10 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'stp_worker_activity'
 LANGUAGE C VOLATILE;
 
--- stp.job_status gains rows_per_second (over the last minute),
--- seconds_behind (0 when caught up, else the time since the partition last
--- had nothing to do) and waiting_for_pid (while blocked).
-CREATE OR REPLACE VIEW stp.job_status AS
+-- One row per job partition: its worker, state, progress, lag, rate over
+-- the last minute, seconds_behind (0 when caught up, else the time since
+-- the partition last had nothing to do) and waiting_for_pid (while blocked).
+CREATE VIEW stp.job_status AS
 SELECT j.job_name,
        j.job_id,
        p.partition,
@@ -199,19 +177,21 @@ SELECT j.job_name,
             ELSE 'waiting' END AS state,
        p.processed_upto,
        p.rows_processed,
-       GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                - p.processed_upto, 0) AS rows_behind,
+       b.rows_behind,
        p.last_batch_at,
        COALESCE(p.last_error, w.note) AS last_error,
        round(COALESCE(a.rows_last_minute, 0) / 60.0, 1) AS rows_per_second,
-       CASE WHEN GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                          - p.processed_upto, 0) = 0 OR w.state = 'idle' THEN 0
+       CASE WHEN b.rows_behind = 0 OR w.state = 'idle' THEN 0
             ELSE round(extract(epoch FROM clock_timestamp()
                                - COALESCE(a.caught_up_at, p.last_batch_at, j.created_at))::numeric, 1)
        END AS seconds_behind,
        a.waiting_for_pid
 FROM stp.jobs j
 JOIN stp.partitions p ON p.job_id = j.job_id
+-- The sequence is read once per partition, for both columns.
+CROSS JOIN LATERAL (
+    SELECT GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
+                    - p.processed_upto, 0) AS rows_behind) b
 LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
 LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
 ORDER BY j.job_name, p.partition;
