@@ -21,7 +21,7 @@ OBJS = \
 	src/wait.o
 
 EXTENSION = stp
-DATA = stp--1.0.sql stp--1.1.sql stp--1.0--1.1.sql
+DATA = stp--1.0.sql stp--1.1.sql stp--1.2.sql stp--1.0--1.1.sql stp--1.1--1.2.sql
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 

@@ -45,7 +45,7 @@ my $pids = $node->safe_psql('postgres',
 
 $node->safe_psql('postgres', 'ALTER EXTENSION stp UPDATE');
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'stp'"),
-	'1.1', 'the extension is updated to 1.1');
+	'1.2', 'the extension is updated to 1.2');
 sleep 1;
 is( $node->safe_psql(
 		'postgres',
@@ -102,7 +102,7 @@ for my $job (sort keys %jobs)
 unlike(slurp_file($node->logfile), qr/restored from a dump/,
 	'no job created under 1.0 is taken for a restored one');
 
-# The updated extension is what a fresh install of 1.1 is.
+# The updated extension is what a fresh install of 1.2 is.
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION stp');
 my $describe = q{
@@ -136,6 +136,6 @@ SELECT string_agg(d, E'\n' ORDER BY d) FROM (
 my $updated = $node->safe_psql('postgres', $describe);
 my $fresh = $node->safe_psql('fresh', $describe);
 like($fresh, qr/stp_await/, 'the description covers the newest objects');
-is($updated, $fresh, 'the updated extension equals a fresh install of 1.1');
+is($updated, $fresh, 'the updated extension equals a fresh install of 1.2');
 
 done_testing();
