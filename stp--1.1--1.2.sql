@@ -1,3 +1,60 @@
 /* stp--1.1--1.2.sql: upgrade of the stp extension from 1.1 to 1.2 */
 
 \echo Use "ALTER EXTENSION stp UPDATE TO '1.2'" to load this file. \quit
+
+-- ==== partitioned sources read leaf by leaf, and resizing a running job ====
+
+-- The partitions of a source partitioned BY HASH on group keys, in the
+-- order of their hash bounds: partition p of the job reads the i-th with
+-- i mod partitions = p, directly and with no routing per row.  NULL when
+-- the job reads its source (plain, or partitioned otherwise) and routes
+-- each row.
+ALTER TABLE stp.jobs ADD COLUMN leaves regclass[];
+
+-- A resize that stp_alter_job recorded and that has not happened yet: the
+-- partition count the job gets once every partition has reached its
+-- stop_at, the common cut.
+ALTER TABLE stp.jobs ADD COLUMN resize_to int CHECK (resize_to BETWEEN 1 AND 64);
+
+-- The common cut of a pending resize: the partition processes up to this
+-- id and no further, until the job has its new partitions.
+ALTER TABLE stp.partitions ADD COLUMN stop_at bigint;
+
+-- stp.job_status gains: mode ('leaves' or 'route') and the leaves each
+-- partition reads; a partition that waits at the cut of a resize shows
+-- state 'resizing'.
+CREATE OR REPLACE VIEW stp.job_status AS
+SELECT j.job_name,
+       j.job_id,
+       p.partition,
+       w.pid,
+       CASE WHEN j.state = 'stopped' THEN 'stopped'
+            WHEN p.failed THEN 'failed'
+            WHEN p.stop_at IS NOT NULL AND p.processed_upto >= p.stop_at THEN 'resizing'
+            WHEN w.state IS NOT NULL THEN w.state
+            ELSE 'waiting' END AS state,
+       p.processed_upto,
+       p.rows_processed,
+       b.rows_behind,
+       p.last_batch_at,
+       COALESCE(p.last_error, w.note) AS last_error,
+       round(COALESCE(a.rows_last_minute, 0) / 60.0, 1) AS rows_per_second,
+       CASE WHEN b.rows_behind = 0 OR w.state = 'idle' THEN 0
+            ELSE round(extract(epoch FROM clock_timestamp()
+                               - COALESCE(a.caught_up_at, p.last_batch_at, j.created_at))::numeric, 1)
+       END AS seconds_behind,
+       a.waiting_for_pid,
+       CASE WHEN j.leaves IS NOT NULL THEN 'leaves' ELSE 'route' END AS mode,
+       ARRAY(SELECT l.leaf FROM unnest(j.leaves) WITH ORDINALITY AS l(leaf, i)
+             WHERE (l.i - 1) % j.partitions = p.partition ORDER BY l.i) AS leaves
+FROM stp.jobs j
+JOIN stp.partitions p ON p.job_id = j.job_id
+-- The sequence is read once per partition, for both columns.
+CROSS JOIN LATERAL (
+    SELECT GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
+                    - p.processed_upto, 0) AS rows_behind) b
+LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
+LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
+ORDER BY j.job_name, p.partition;
+
+-- ==== end of partitioned sources and resizing ====

@@ -87,7 +87,9 @@ CREATE TABLE src_rls (id bigserial, k int);
 ALTER TABLE src_rls ENABLE ROW LEVEL SECURITY;
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src_rls GROUP BY k', 'r')$q$);
 CREATE TABLE src_part (id bigserial, k int) PARTITION BY HASH (k);
-SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src_part GROUP BY k', 'r')$q$);
+CREATE TABLE src_part_0 PARTITION OF src_part FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE src_part_1 PARTITION OF src_part FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src_part GROUP BY k', 'r', partitions => 3)$q$);
 CREATE TABLE src_noid (id bigint, k int);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src_noid GROUP BY k', 'r')$q$);
 CREATE TABLE src_twoseq (a bigserial, b bigserial, k int);
@@ -137,7 +139,7 @@ SELECT count(*) AS jobs FROM stp.jobs;
 SELECT count(*) AS partitions FROM stp.partitions;
 SELECT count(*) - :tables_before AS new_tables FROM pg_class
 WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace
-  AND relname NOT IN ('src_rls', 'src_noid', 'src_twoseq', 'src_cached', 'src_cycle',
+  AND relname NOT IN ('src_rls', 'src_part_0', 'src_part_1', 'src_noid', 'src_twoseq', 'src_cached', 'src_cycle',
                       'src_down', 'r_type', 'r_cols', 'r_noindex', 'r_full');
 SELECT to_regclass('r'), to_regclass('r_dup2');
 

@@ -443,6 +443,8 @@ stp_worker_step(bool *stop)
 		{
 			wait_for_lockers(stp_worker.def->sequence);
 			wait_for_lockers(stp_worker.def->source);
+			foreach(lc, stp_leaves_to_wait(stp_worker.def, stp_worker.args.partition))
+				wait_for_lockers(lfirst_oid(lc));
 			stp_worker.safe_upto = last;
 		}
 	}

@@ -397,6 +397,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	char	   *sql;
 	int			ret;
 	bool		has_origin = stp_catalog_has_column("jobs", "origin");
+	bool		has_leaves = stp_catalog_has_column("jobs", "leaves");
 
 	/*
 	 * A catalog of version 1.0 has no settings, agg_filters or origin
@@ -407,13 +408,15 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
 				   stp_catalog_has_column("jobs", "agg_filters") ?
 				   "agg_filters" : "NULL::pg_catalog.text[]",
-				   has_origin ? "origin" : "NULL::pg_catalog.text");
+				   has_origin ? "origin" : "NULL::pg_catalog.text",
+				   has_leaves ? "leaves::pg_catalog.oid[]" : "NULL::pg_catalog.oid[]",
+				   has_leaves ? "resize_to" : "NULL::pg_catalog.int4");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -461,6 +464,23 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	if (has_origin)
 		def->restored = isnull ||
 			strcmp(TextDatumGetCString(d), stp_job_origin(def->source)) != 0;
+
+	/* A 1.1 catalog has neither leaves nor resizes. */
+	d = SPI_getbinval(tup, desc, 21, &isnull);
+	def->leaves = NIL;
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *enulls;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true,
+						  TYPALIGN_INT, &elems, &enulls, &n);
+		for (int i = 0; i < n; i++)
+			def->leaves = lappend_oid(def->leaves, DatumGetObjectId(elems[i]));
+	}
+	d = SPI_getbinval(tup, desc, 22, &isnull);
+	def->resize_to = isnull ? 0 : DatumGetInt32(d);
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

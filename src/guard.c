@@ -40,6 +40,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -49,6 +50,7 @@
 #define STP_MAX_NOTED	64
 static Oid	noted[STP_MAX_NOTED];
 static bool noted_truncated[STP_MAX_NOTED];
+static char *noted_leaf_change[STP_MAX_NOTED];	/* why its leaves changed */
 static int	nnoted = 0;
 static bool noted_overflow = false;
 
@@ -104,6 +106,29 @@ order_column_uses_sequence(Relation rel, AttrNumber attnum, Oid seqoid)
 }
 
 /*
+ * Does the order column of a leaf of a partitioned source take its values
+ * from the job's sequence alone, or have no default at all?  A leaf
+ * inherits a bigserial default, which draws from the parent's sequence;
+ * an identity column of the parent is not inherited on PostgreSQL 15, so
+ * a direct INSERT into the leaf must give an id (and fails without one).
+ */
+bool
+stp_leaf_order_default_ok(StpJobDef *def, Oid leaf)
+{
+	Relation	rel = try_relation_open(leaf, AccessShareLock);
+	AttrNumber	attnum;
+	bool		ok = true;
+
+	if (rel == NULL)
+		return true;
+	attnum = get_attnum(leaf, def->order_column);
+	if (attnum != InvalidAttrNumber && build_column_default(rel, attnum) != NULL)
+		ok = order_column_uses_sequence(rel, attnum, def->sequence);
+	relation_close(rel, AccessShareLock);
+	return ok;
+}
+
+/*
  * Why the job's tables no longer are what the job was created on, or NULL
  * if they still are.  progress is the highest order-column value the job
  * has read up to or seen handed out; the sequence must not have gone back
@@ -121,6 +146,7 @@ stp_check_job_tables(StpJobDef *def, int64 progress)
 	Relation	rel;
 	AttrNumber	attnum;
 	bool		uses_sequence;
+	bool		partitioned;
 	int64		high;
 
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(def->source));
@@ -129,11 +155,12 @@ stp_check_job_tables(StpJobDef *def, int64 progress)
 	cls = (Form_pg_class) GETSTRUCT(tup);
 	srcname = quote_qualified_identifier(get_namespace_name(cls->relnamespace),
 										 NameStr(cls->relname));
-	if (cls->relkind != RELKIND_RELATION)
+	if (cls->relkind != RELKIND_RELATION && cls->relkind != RELKIND_PARTITIONED_TABLE)
 	{
 		ReleaseSysCache(tup);
 		return psprintf("source %s is no longer a plain table", srcname);
 	}
+	partitioned = (cls->relkind == RELKIND_PARTITIONED_TABLE);
 	if (cls->relpersistence != RELPERSISTENCE_PERMANENT)
 	{
 		ReleaseSysCache(tup);
@@ -184,6 +211,13 @@ stp_check_job_tables(StpJobDef *def, int64 progress)
 	if (!uses_sequence)
 		return psprintf("order column \"%s\" of source %s no longer takes its values from sequence %s alone",
 						def->order_column, srcname, seqname);
+	if (partitioned)
+	{
+		char	   *reason = stp_check_leaves(def, srcname);
+
+		if (reason)
+			return reason;
+	}
 
 	high = stp_sequence_high_water(def->sequence);
 	if (high < progress)
@@ -212,10 +246,30 @@ stp_note_relation(Oid relid, bool truncated)
 	{
 		noted[nnoted] = relid;
 		noted_truncated[nnoted] = truncated;
+		noted_leaf_change[nnoted] = NULL;
 		nnoted++;
 	}
 	else
 		noted_overflow = true;
+}
+
+/*
+ * Remember that a partitioned table lost a partition or gained one by
+ * ATTACH, with what happened, for the jobs that read it through the
+ * parent (route mode): the rows of a detached or dropped partition stay
+ * counted, and an attached table brings rows whose ids the job may have
+ * passed.  Jobs that read the leaves directly check the whole set of
+ * partitions anyway (stp_check_leaves).
+ */
+void
+stp_note_leaf_change(Oid parent, const char *what)
+{
+	stp_note_relation(parent, false);
+	for (int i = 0; i < nnoted; i++)
+	{
+		if (noted[i] == parent && noted_leaf_change[i] == NULL)
+			noted_leaf_change[i] = MemoryContextStrdup(TopTransactionContext, what);
+	}
 }
 
 /*
@@ -329,6 +383,7 @@ stp_check_noted_relations(void)
 {
 	Oid			relids[STP_MAX_NOTED];
 	bool		truncated[STP_MAX_NOTED];
+	char	   *leaf_change[STP_MAX_NOTED];
 	int			n = nnoted;
 	bool		all = noted_overflow;
 	Datum	   *elems;
@@ -345,6 +400,7 @@ stp_check_noted_relations(void)
 	}
 	memcpy(relids, noted, sizeof(Oid) * n);
 	memcpy(truncated, noted_truncated, sizeof(bool) * n);
+	memcpy(leaf_change, noted_leaf_change, sizeof(char *) * n);
 	nnoted = 0;
 	noted_overflow = false;
 	if (!catalog_ready())
@@ -402,6 +458,12 @@ stp_check_noted_relations(void)
 			if (truncated[i] && (relids[i] == def->source || relids[i] == def->result))
 				reason = psprintf("table %s was truncated; the result table no longer matches the job's query",
 								  get_rel_name(relids[i]));
+		}
+		for (int i = 0; i < n && reason == NULL; i++)
+		{
+			if (leaf_change[i] && relids[i] == def->source && def->leaves == NIL)
+				reason = psprintf("%s; the result table no longer matches the job's query",
+								  leaf_change[i]);
 		}
 		if (reason == NULL)
 			reason = stp_check_job_tables(def, progress[j]);

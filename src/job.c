@@ -20,6 +20,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
@@ -288,6 +289,62 @@ text_array(List *items)
 }
 
 /*
+ * A partitioned source: find whether the job can read its leaves directly
+ * (leaves.c), and say so when it cannot.  Each worker then reads whole
+ * leaves, so a job has at most as many partitions as the source.
+ */
+static void
+check_partitioned_source(StpJobDef *def, const char *job_name)
+{
+	char	   *why;
+
+	if (get_rel_relkind(def->source) != RELKIND_PARTITIONED_TABLE)
+		return;
+	def->leaves = stp_hash_leaves(def->source, def->key_exprs, &why);
+	if (def->leaves != NIL && !stp_catalog_has_column("jobs", "leaves"))
+	{
+		def->leaves = NIL;
+		why = pstrdup("the stp extension in this database is older than version 1.2 (run ALTER EXTENSION stp UPDATE)");
+	}
+	if (def->leaves == NIL)
+		ereport(NOTICE,
+				(errmsg("job \"%s\" reads partitioned source %s through its parent, and each worker keeps its own groups of every row",
+						job_name, stp_qualified_relname(def->source)),
+				 errdetail("The job cannot give each worker partitions of its own: %s.", why),
+				 errhint("A source partitioned BY HASH on columns that the GROUP BY contains lets each worker read only its own partitions.")));
+	else if (def->partitions > list_length(def->leaves))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions must be at most %d, the number of partitions of source %s",
+						list_length(def->leaves), stp_qualified_relname(def->source)),
+				 errdetail("Each worker of the job reads whole partitions of the hash-partitioned source."),
+				 errhint("Use fewer partitions, or partition the source into more.")));
+}
+
+/*
+ * Record the leaves that a job reads directly, in the order that assigns
+ * them to its partitions.
+ */
+static void
+record_leaves(int32 job_id, List *leaves)
+{
+	Oid			types[2] = {INT4OID, OIDARRAYOID};
+	Datum		values[2];
+	Datum	   *elems = palloc(sizeof(Datum) * list_length(leaves));
+	ListCell   *lc;
+
+	foreach(lc, leaves)
+		elems[foreach_current_index(lc)] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = Int32GetDatum(job_id);
+	values[1] = PointerGetDatum(construct_array(elems, list_length(leaves), OIDOID,
+												sizeof(Oid), true, TYPALIGN_INT));
+	if (stp_catalog_exec("UPDATE stp.jobs SET leaves = $2::pg_catalog.regclass[] "
+						 "WHERE job_id OPERATOR(pg_catalog.=) $1",
+						 2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the job's leaves");
+}
+
+/*
  * stp_start_job(job_name, query, result_table, partitions, order_column,
  *				 start_from, batch_size, poll_interval) returns the job id.
  */
@@ -411,6 +468,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 				(errmsg("job \"%s\" counts the rows whose %s is above " INT64_FORMAT,
 						job_name, quote_identifier(def.order_column), start_offset)));
 	}
+	check_partitioned_source(&def, job_name);
 	{
 		char	   *reason;
 
@@ -566,6 +624,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 									3, types, values, NULL, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "could not insert into stp.partitions");
+		if (def.leaves != NIL)
+			record_leaves(job_id, def.leaves);
 	}
 
 	AtEOXact_GUC(true, save_nestlevel);

@@ -105,6 +105,7 @@ check_source(RangeTblEntry *rte)
 	switch (rte->relkind)
 	{
 		case RELKIND_RELATION:
+		case RELKIND_PARTITIONED_TABLE:
 			break;
 		case RELKIND_VIEW:
 			ereport(ERROR,
@@ -123,12 +124,6 @@ check_source(RangeTblEntry *rte)
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("source \"%s\" is a foreign table", name),
 					 errhint("A job reads an append-only local table.")));
-			break;
-		case RELKIND_PARTITIONED_TABLE:
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("source \"%s\" is a partitioned table", name),
-					 errhint("This version of stp reads plain tables only.")));
 			break;
 		default:
 			ereport(ERROR,

@@ -210,10 +210,12 @@ append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
 	const char *ord = quote_identifier(def->order_column);
 
 	appendStringInfo(buf, " FROM %s WHERE %s > $1 AND %s <= $2",
+					 def->leaves != NIL ? stp_leaves_from_item(def, partition) :
 					 stp_qualified_relname(def->source), ord, ord);
 	if (def->where_clause)
 		appendStringInfo(buf, " AND (%s)", def->where_clause);
-	if (def->partitions > 1)
+	/* In leaves mode the partition's own leaves hold its groups only. */
+	if (def->partitions > 1 && def->leaves == NIL)
 	{
 		bool		as_row = keys_have_collations(def);
 

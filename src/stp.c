@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "catalog/objectaccess.h"
+#include "catalog/partition.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
@@ -73,6 +74,75 @@ stp_shmem_startup_hook(void)
  * gives up, so the workers are told to leave right away; if the drop then
  * fails, the launcher starts them again.
  */
+/*
+ * A partition was dropped or truncated: a job reads its rows through the
+ * partitioned tables above it, so they are noted too.
+ */
+static void
+note_ancestors(Oid relid, bool truncated)
+{
+	ListCell   *lc;
+
+	foreach(lc, get_partition_ancestors(relid))
+	{
+		if (truncated)
+			stp_note_relation(lfirst_oid(lc), true);
+		else
+			stp_note_leaf_change(lfirst_oid(lc),
+								 psprintf("partition %s of table %s was dropped",
+										  quote_identifier(get_rel_name(relid)),
+										  quote_identifier(get_rel_name(lfirst_oid(lc)))));
+	}
+}
+
+/*
+ * ALTER TABLE ... ATTACH or DETACH PARTITION, and CREATE TABLE ...
+ * PARTITION OF: the partitioned table's set of leaves changes, which
+ * jobs reading it check (guard.c).
+ */
+static void
+note_partition_commands(Node *stmt)
+{
+	if (IsA(stmt, AlterTableStmt))
+	{
+		AlterTableStmt *ats = (AlterTableStmt *) stmt;
+		Oid			relid = RangeVarGetRelid(ats->relation, NoLock, true);
+		ListCell   *lc;
+
+		if (!OidIsValid(relid))
+			return;
+		foreach(lc, ats->cmds)
+		{
+			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+			PartitionCmd *pc = (PartitionCmd *) cmd->def;
+
+			if (cmd->subtype == AT_AttachPartition)
+				stp_note_leaf_change(relid,
+									 psprintf("table %s was attached as a partition of table %s, with rows whose ids the job may have passed",
+											  quote_identifier(pc->name->relname),
+											  quote_identifier(get_rel_name(relid))));
+			else if (cmd->subtype == AT_DetachPartition ||
+					 cmd->subtype == AT_DetachPartitionFinalize)
+				stp_note_leaf_change(relid,
+									 psprintf("partition %s was detached from table %s",
+											  quote_identifier(pc->name->relname),
+											  quote_identifier(get_rel_name(relid))));
+		}
+	}
+	else if (IsA(stmt, CreateStmt) && ((CreateStmt *) stmt)->partbound)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((CreateStmt *) stmt)->inhRelations)
+		{
+			Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+			if (OidIsValid(relid))
+				stp_note_relation(relid, false);
+		}
+	}
+}
+
 static void
 stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 				  int subId, void *arg)
@@ -92,7 +162,11 @@ stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		stp_database_dropping(objectId);
 	else if (classId == RelationRelationId &&
 			 (access == OAT_DROP || access == OAT_POST_ALTER || access == OAT_TRUNCATE))
+	{
 		stp_note_relation(objectId, access == OAT_TRUNCATE);
+		if (access != OAT_POST_ALTER && get_rel_relispartition(objectId))
+			note_ancestors(objectId, access == OAT_TRUNCATE);
+	}
 }
 
 /*
@@ -133,6 +207,7 @@ stp_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 	if (stp_shared == NULL || !IsTransactionState())
 		return;
+	note_partition_commands(stmt);
 	if (IsA(stmt, AlterTableStmt))
 	{
 		Oid			relid = RangeVarGetRelid(((AlterTableStmt *) stmt)->relation,

@@ -198,6 +198,10 @@ typedef struct StpJobDef
 	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
 	bool		restored;		/* created elsewhere: restored from a dump */
+	List	   *leaves;			/* of Oid: a hash-partitioned source's
+								 * partitions, read directly (leaves.c); NIL
+								 * when the source is read and routed */
+	int32		resize_to;		/* pending partition count, or 0 (stp_alter_job) */
 } StpJobDef;
 
 /* sqlgen.c */
@@ -321,6 +325,15 @@ extern void stp_check_noted_relations(void);
 extern void stp_check_drop_role(List *roles);
 struct RoleSpec;
 extern void stp_reassign_or_drop_owned(List *roles, struct RoleSpec *newrole);
+
+/* leaves.c */
+extern List *stp_hash_leaves(Oid source, List *key_exprs, char **why);
+extern List *stp_partition_leaves(StpJobDef *def, int32 partition);
+extern char *stp_leaves_from_item(StpJobDef *def, int32 partition);
+extern List *stp_leaves_to_wait(StpJobDef *def, int32 partition);
+extern char *stp_check_leaves(StpJobDef *def, const char *srcname);
+extern bool stp_leaf_order_default_ok(StpJobDef *def, Oid leaf);
+extern void stp_note_leaf_change(Oid parent, const char *what);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);
