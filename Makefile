@@ -19,14 +19,15 @@ OBJS = \
 	src/guard.o \
 	src/restore.o \
 	src/wait.o \
-	src/leaves.o
+	src/leaves.o \
+	src/resize.o
 
 EXTENSION = stp
 DATA = stp--1.0.sql stp--1.1.sql stp--1.2.sql stp--1.0--1.1.sql stp--1.1--1.2.sql
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 
-REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct leaves
+REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct leaves resize
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
 ISOLATION = out_of_order blocked

@@ -296,4 +296,15 @@ LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partit
 LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
 ORDER BY j.job_name, p.partition;
 
+-- Change a job: its partition count (at a common cut: every partition
+-- processes up to the same id, then the new partitions start from it),
+-- its batch size or its poll interval.  NULL leaves a setting as it is.
+CREATE FUNCTION stp_alter_job(job_name text,
+                              partitions int DEFAULT NULL,
+                              batch_size int DEFAULT NULL,
+                              poll_interval interval DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'stp_alter_job'
+LANGUAGE C VOLATILE;
+
 -- ==== end of partitioned sources and resizing ====

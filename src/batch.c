@@ -61,7 +61,7 @@
  * commits twice.
  */
 #define LOCK_SQL \
-	"SELECT 1 FROM stp.partitions p JOIN stp.jobs j ON j.job_id OPERATOR(pg_catalog.=) p.job_id " \
+	"SELECT %s, j.partitions FROM stp.partitions p JOIN stp.jobs j ON j.job_id OPERATOR(pg_catalog.=) p.job_id " \
 	"WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 " \
 	"AND p.processed_upto OPERATOR(pg_catalog.=) $3 " \
 	"AND j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed FOR UPDATE OF p"
@@ -71,6 +71,15 @@
 	"rows_processed = rows_processed OPERATOR(pg_catalog.+) $4, last_batch_at = pg_catalog.now(), " \
 	"last_error = NULL, error_count = 0 " \
 	"WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2"
+
+/*
+ * The common cut of a pending resize (resize.c), as this partition last
+ * read it, and whether the worker should see whether every partition has
+ * reached it: after it started, and after its own batch reached it.
+ */
+static bool cut_known = false;
+static int64 cut_at = 0;
+static bool cut_check = false;
 
 /*
  * Wait until every transaction that now holds a lock on relid that
@@ -303,6 +312,7 @@ stp_worker_setup(void)
 	bool		ok = true;
 	int			ret;
 	int			nestlevel;
+	bool		has_cut;
 	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
@@ -310,6 +320,7 @@ stp_worker_setup(void)
 	nestlevel = stp_pin_worker_settings();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	has_cut = stp_catalog_has_column("partitions", "stop_at");
 
 	def = stp_load_job(stp_worker.args.job_id, &state, TopMemoryContext);
 	if (def == NULL || strcmp(state, "running") != 0)
@@ -323,8 +334,9 @@ stp_worker_setup(void)
 
 		stp_apply_job_settings(def, false);
 
-		ret = stp_catalog_exec("SELECT processed_upto, failed FROM stp.partitions "
-							   "WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+		ret = stp_catalog_exec(psprintf("SELECT processed_upto, failed, %s FROM stp.partitions "
+										"WHERE job_id OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+										has_cut ? "stop_at" : "NULL::pg_catalog.int8"),
 							   2, argtypes, args, NULL, true, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			ok = false;
@@ -336,6 +348,10 @@ stp_worker_setup(void)
 										   SPI_tuptable->tupdesc, 2, &isnull)))
 				ok = false;
 			stp_worker.safe_upto = stp_worker.offset;
+			cut_at = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 3, &cut_known));
+			cut_known = !cut_known;
+			cut_check = cut_known;
 		}
 	}
 
@@ -345,7 +361,9 @@ stp_worker_setup(void)
 		SPIPlanPtr	progress_plan;
 
 		prepare_batch_plan(def);
-		lock_plan = SPI_prepare(LOCK_SQL, 3, types);
+		/* A catalog older than 1.2 has no resizes. */
+		lock_plan = SPI_prepare(psprintf(LOCK_SQL, has_cut ? "p.stop_at" : "NULL::pg_catalog.int8"),
+								3, types);
 		progress_plan = SPI_prepare(PROGRESS_SQL, 4, types);
 		if (lock_plan == NULL || progress_plan == NULL)
 			elog(ERROR, "could not prepare the progress statements: %s",
@@ -386,6 +404,73 @@ job_still_running(void)
 }
 
 /*
+ * The job's partition count now, or -1 if it does not run.
+ */
+static int32
+job_partitions_now(void)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(stp_worker.args.job_id)};
+	bool		isnull;
+	int			ret;
+
+	ret = stp_catalog_exec("SELECT partitions FROM stp.jobs WHERE job_id OPERATOR(pg_catalog.=) $1 "
+						   "AND state OPERATOR(pg_catalog.=) 'running'",
+						   1, argtypes, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		return -1;
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Forget the job's definition and statements: the next round of the
+ * worker's loop loads the job again (stp_worker_setup), with its new
+ * partition count, batch size and poll interval, or ends the worker if
+ * its partition is gone.
+ */
+static void
+forget_job(void)
+{
+	if (stp_worker.lock_plan)
+		SPI_freeplan(stp_worker.lock_plan);
+	if (stp_worker.progress_plan)
+		SPI_freeplan(stp_worker.progress_plan);
+	stp_worker.lock_plan = NULL;
+	stp_worker.progress_plan = NULL;
+	stp_worker.def = NULL;
+	stp_worker.recheck = true;
+	cut_known = false;
+	cut_check = false;
+}
+
+/*
+ * In a transaction of its own, carry out the job's pending resize if every
+ * partition has reached its cut (resize.c).  It holds no progress row, so
+ * it takes the job's row and then the progress rows, as stp_alter_job does.
+ */
+static void
+try_finish_resize(void)
+{
+	int			nestlevel;
+	MemoryContext caller_ctx = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	nestlevel = stp_pin_worker_settings();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "stp: at the cut of a resize");
+	(void) stp_finish_resize(stp_worker.args.job_id);
+	PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	cut_check = false;
+}
+
+/*
  * Run one batch if there is one.  Returns whether it did work; sets *stop
  * when the job was stopped or dropped under the worker.
  */
@@ -401,6 +486,19 @@ stp_worker_step(bool *stop)
 	int			ret;
 	int			nestlevel;
 	MemoryContext caller_ctx = CurrentMemoryContext;
+
+	/* stp_alter_job changed the job: load it again. */
+	if (stp_worker.slot->reload_requested)
+	{
+		stp_worker.slot->reload_requested = false;
+		forget_job();
+		return false;
+	}
+	if (cut_check && cut_known && stp_worker.offset >= cut_at)
+	{
+		try_finish_resize();
+		return false;
+	}
 
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
@@ -479,6 +577,18 @@ stp_worker_step(bool *stop)
 		elog(ERROR, "could not lock the partition's progress: %s", SPI_result_code_string(ret));
 	if (SPI_processed != 1)
 	{
+		int32		now = job_partitions_now();
+
+		if (now > 0 && now != stp_worker.def->partitions)
+		{
+			/* A resize replaced the progress rows: load the job again. */
+			PopActiveSnapshot();
+			SPI_finish();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
+			forget_job();
+			return false;
+		}
 		if (!job_still_running())
 		{
 			/* Stopped or dropped: leave without a batch. */
@@ -493,6 +603,42 @@ stp_worker_step(bool *stop)
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("progress of job %d partition %d moved under its worker",
 						stp_worker.args.job_id, stp_worker.args.partition)));
+	}
+
+	else
+	{
+		bool		no_cut;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_cut);
+		int32		now = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 2, &isnull));
+
+		/* The progress row was locked: its cut is the one that holds. */
+		cut_known = !no_cut;
+		if (cut_known)
+			cut_at = DatumGetInt64(d);
+		if (now != stp_worker.def->partitions)
+		{
+			/* The job was resized since it was loaded: load it again. */
+			PopActiveSnapshot();
+			SPI_finish();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
+			forget_job();
+			return false;
+		}
+		if (cut_known && hi > cut_at)
+			hi = cut_at;
+		if (hi <= stp_worker.offset)
+		{
+			/* At the cut of a pending resize: nothing to read until it is done. */
+			PopActiveSnapshot();
+			SPI_finish();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(caller_ctx);
+			stp_set_slot_state(STP_WS_IDLE);
+			try_finish_resize();
+			return false;
+		}
 	}
 
 	/*
@@ -550,5 +696,7 @@ stp_worker_step(bool *stop)
 	stp_worker.offset = hi;
 	stp_worker.rows_processed += rows;
 	stp_count_rows(stp_worker.slot, rows);
+	if (cut_known && hi >= cut_at)
+		try_finish_resize();
 	return true;
 }

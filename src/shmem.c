@@ -32,6 +32,8 @@ static bool kick_launcher_at_commit = false;
 static bool stop_db_workers_at_commit = false;
 static int32 jobs_to_stop[STP_MAX_SLOTS];
 static int	njobs_to_stop = 0;
+static int32 jobs_to_reload[STP_MAX_SLOTS];
+static int	njobs_to_reload = 0;
 
 /* Jobs whose workers start when the transaction commits. */
 typedef struct StpPendingStart
@@ -325,6 +327,38 @@ stp_stop_job_workers_at_commit(int32 job_id)
 }
 
 /*
+ * Tell one job's workers, when the transaction commits, to load the job
+ * again (stp_alter_job changed it), and wake them so that they do it now.
+ */
+void
+stp_reload_job_workers_at_commit(int32 job_id)
+{
+	if (njobs_to_reload < STP_MAX_SLOTS)
+		jobs_to_reload[njobs_to_reload++] = job_id;
+}
+
+/*
+ * Set the reload flag of a job's workers and wake them.
+ */
+static void
+reload_job_workers(Oid dboid, int32 job_id)
+{
+	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < STP_MAX_SLOTS; i++)
+	{
+		StpSlot    *slot = &stp_shared->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid && slot->job_id == job_id)
+		{
+			slot->reload_requested = true;
+			if (slot->pid > 0 && slot->latch)
+				SetLatch(slot->latch);
+		}
+	}
+	LWLockRelease(stp_shared->lock);
+}
+
+/*
  * Act on what the transaction asked for, once it has committed: the
  * launcher must only look for new or resumed jobs when they are visible.
  */
@@ -349,6 +383,9 @@ stp_xact_callback(XactEvent event, void *arg)
 				stp_signal_job_workers(MyDatabaseId, -1, SIGTERM);
 			for (int i = 0; stp_shared && i < njobs_to_stop; i++)
 				stp_signal_job_workers(MyDatabaseId, jobs_to_stop[i], SIGTERM);
+			for (int i = 0; stp_shared && i < njobs_to_reload; i++)
+				reload_job_workers(MyDatabaseId, jobs_to_reload[i]);
+			njobs_to_reload = 0;
 			kick_launcher_at_commit = false;
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;
@@ -362,6 +399,7 @@ stp_xact_callback(XactEvent event, void *arg)
 			stop_db_workers_at_commit = false;
 			njobs_to_stop = 0;
 			njobs_to_start = 0;
+			njobs_to_reload = 0;
 			break;
 		default:
 			break;

@@ -91,6 +91,7 @@ typedef struct StpSlot
 	int64		restore_need;	/* ... and the progress it must reach */
 	bool		start_logged;	/* a worker's start was logged, and no worker
 								 * has run without an error since */
+	bool		reload_requested;	/* stp_alter_job changed the job */
 } StpSlot;
 
 typedef struct StpDatabase
@@ -131,6 +132,7 @@ extern void stp_start_job_at_commit(int32 job_id, Oid owner, int32 partitions);
 extern void stp_request_scan_at_commit(void);
 extern void stp_stop_db_workers_at_commit(void);
 extern void stp_stop_job_workers_at_commit(int32 job_id);
+extern void stp_reload_job_workers_at_commit(int32 job_id);
 extern void stp_xact_callback_init(void);
 
 /* launcher.c */
@@ -325,6 +327,9 @@ extern void stp_check_noted_relations(void);
 extern void stp_check_drop_role(List *roles);
 struct RoleSpec;
 extern void stp_reassign_or_drop_owned(List *roles, struct RoleSpec *newrole);
+
+/* resize.c */
+extern bool stp_finish_resize(int32 job_id);
 
 /* leaves.c */
 extern List *stp_hash_leaves(Oid source, List *key_exprs, char **why);
