@@ -87,31 +87,41 @@ SELECT partition, leaves FROM stp.job_status WHERE job_name = 'rs_hjob';
 SELECT stp_test_diff('rs_hr', 'k, n, s', 'SELECT k, count(*), sum(v) FROM rs_hash GROUP BY k');
 
 -- Bad input: an error with SQLSTATE and hint, and nothing changes.
-\set VERBOSITY default
-SELECT stp_alter_job(NULL, partitions => 2);
-SELECT stp_alter_job('nope', partitions => 2);
-SELECT stp_alter_job('rs_job', partitions => 0);
-SELECT stp_alter_job('rs_job', partitions => 65);
-SELECT stp_alter_job('rs_job', batch_size => 0);
-SELECT stp_alter_job('rs_job', poll_interval => '0 s');
-SELECT stp_alter_job('rs_job', poll_interval => '1 month');
-SELECT stp_alter_job('rs_hjob', partitions => 5);
+CREATE FUNCTION rs_error(stmt text, OUT code text, OUT message text, OUT hint text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE stmt;
+    code := 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                            hint = PG_EXCEPTION_HINT;
+END $$;
+\pset null '(none)'
+SELECT * FROM rs_error($q$SELECT stp_alter_job(NULL, partitions => 2)$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('nope', partitions => 2)$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', partitions => 0)$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', partitions => 65)$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', batch_size => 0)$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', poll_interval => '0 s')$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', poll_interval => '1 month')$q$);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_hjob', partitions => 5)$q$);
 CREATE TABLE rs_all (id bigserial, v int);
 SELECT stp_start_job('rs_global', 'SELECT count(*) AS n FROM rs_all', 'rs_global_r') > 0 AS started;
-SELECT stp_alter_job('rs_global', partitions => 2);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_global', partitions => 2)$q$);
 -- Only the owner (or a member of its role) may alter a job.
 CREATE ROLE regress_stp_resizer LOGIN;
 SET ROLE regress_stp_resizer;
-SELECT stp_alter_job('rs_job', partitions => 2);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_job', partitions => 2)$q$);
 RESET ROLE;
 -- A failed partition never reaches a cut.
 SELECT stp_stop_job('rs_hjob');
 UPDATE stp.partitions SET failed = true WHERE partition = 0
   AND job_id = (SELECT job_id FROM stp.jobs WHERE job_name = 'rs_hjob');
-SELECT stp_alter_job('rs_hjob', partitions => 1);
+SELECT * FROM rs_error($q$SELECT stp_alter_job('rs_hjob', partitions => 1)$q$);
 SELECT job_name, partitions, resize_to, batch_size FROM stp.jobs WHERE job_name LIKE 'rs%' ORDER BY 1;
 
 SELECT stp_drop_job(job_name, true) FROM stp.jobs WHERE job_name LIKE 'rs%';
 DROP TABLE rs_src, rs_hash, rs_all;
 DROP ROLE regress_stp_resizer;
 DROP PROCEDURE rs_settle;
+DROP FUNCTION rs_error;

@@ -261,7 +261,8 @@ stp_alter_job(PG_FUNCTION_ARGS)
 		(PG_GETARG_INT32(2) < 1 || PG_GETARG_INT32(2) > STP_MAX_BATCH_SIZE))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("batch_size must be between 1 and %d", STP_MAX_BATCH_SIZE)));
+				 errmsg("batch_size must be between 1 and %d", STP_MAX_BATCH_SIZE),
+				 errhint("A batch is this many order-column ids, read and merged in one transaction.")));
 	if (!PG_ARGISNULL(3))
 	{
 		int64		poll_ms = stp_interval_ms(PG_GETARG_INTERVAL_P(3), "poll_interval");
@@ -269,7 +270,8 @@ stp_alter_job(PG_FUNCTION_ARGS)
 		if (poll_ms < 1 || poll_ms > 3600 * 1000)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("poll_interval must be between 1 millisecond and 1 hour")));
+					 errmsg("poll_interval must be between 1 millisecond and 1 hour"),
+					 errhint("Use an interval such as '50 ms'.")));
 	}
 	if (!stp_catalog_has_column("jobs", "resize_to"))
 		ereport(ERROR,

@@ -1100,6 +1100,19 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 	my @running = grep { $_->{start} eq 'before' && $_->{started} } @jobs;
 	my $victim = @running ? pick(@running) : undef;
 	push @events, [ $size{write_secs} * 0.4, 'stop', $victim ] if $victim;
+
+	# Two other jobs with GROUP BY are resized, up and then down, while the
+	# writers write (stp_alter_job's common cut).
+	my @resizable = grep { @{ $_->{keys} } && (!$victim || $_ != $victim) } @running;
+	for my $j ((shuffle(@resizable))[ 0 .. 1 ])
+	{
+		next unless $j;
+		my $up = $j->{partitions} >= 4 ? 4 : $j->{partitions} + 1 + int(rand(4 - $j->{partitions}));
+		my $down = 1 + int(rand(3));
+		$up = $j->{partitions} + ($j->{partitions} >= 4 ? -1 : 1) if $up == $j->{partitions};
+		push @events, [ $size{write_secs} * (0.15 + rand(0.2)), 'resize', $j, $up ];
+		push @events, [ $size{write_secs} * (0.55 + rand(0.2)), 'resize', $j, $down ];
+	}
 	for my $e (sort { $a->[0] <=> $b->[0] } @events)
 	{
 		my $wait = $tw + $e->[0] - time();
@@ -1107,6 +1120,12 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		if ($e->[1] eq 'start')
 		{
 			$start_job->($e->[2]);
+		}
+		elsif ($e->[1] eq 'resize')
+		{
+			my $name = $e->[2]{name};
+			$node->safe_psql($db, "SELECT stp_alter_job('$name', partitions => $e->[3])");
+			note "$name: resized to $e->[3] partitions while the writers ran";
 		}
 		else
 		{
