@@ -296,6 +296,38 @@ LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partit
 LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
 ORDER BY j.job_name, p.partition;
 
+-- stp.job_overview: a job whose partitions wait at the cut of a resize is
+-- 'resizing', after 'waiting' and before 'starting' in urgency.
+CREATE OR REPLACE VIEW stp.job_overview AS
+SELECT j.job_name,
+       j.job_id,
+       j.owner,
+       CASE WHEN j.state = 'stopped' THEN 'stopped'
+            ELSE (ARRAY['failed', 'restored', 'blocked', 'retrying', 'waiting', 'resizing',
+                        'starting', 'running', 'idle'])[
+                   min(array_position(ARRAY['failed', 'restored', 'blocked', 'retrying',
+                                            'waiting', 'resizing', 'starting', 'running', 'idle'],
+                                      s.state))]
+       END AS state,
+       count(*) FILTER (WHERE s.state = 'failed') AS failed_partitions,
+       j.partitions,
+       j.query,
+       j.source,
+       j.result_table,
+       j.batch_size,
+       j.poll_interval,
+       j.created_at,
+       sum(s.rows_processed)::bigint AS rows_processed,
+       sum(s.rows_per_second) AS rows_per_second,
+       max(s.rows_behind) AS rows_behind,
+       max(s.seconds_behind) AS seconds_behind,
+       max(s.last_batch_at) AS last_batch_at,
+       min(s.last_error) AS last_error
+FROM stp.jobs j
+JOIN stp.job_status s ON s.job_id = j.job_id
+GROUP BY j.job_id
+ORDER BY j.job_name;
+
 -- Change a job: its partition count (at a common cut: every partition
 -- processes up to the same id, then the new partitions start from it),
 -- its batch size or its poll interval.  NULL leaves a setting as it is.

@@ -105,6 +105,11 @@ def drain_section(res):
         g = {c: r.get("rows_per_s") for c, r in recs.items()}
         pn = ["stp%d/stp1 %s" % (p, ratio(g.get("stp%d" % p), g.get("stp1")))
               for p in res["partitions"] if p > 2]
+        # A hash-partitioned copy against its plain table's stp1.
+        plain = d.get(wname[:-1]) if wname.endswith("h") else None
+        if plain:
+            pn.append("stp1/stp1 of %s %s" % (wname[:-1].upper(), ratio(
+                g.get("stp1"), (plain.get("stp1") or {}).get("rows_per_s"))))
         r1 = ratio(g.get("stp1"), g.get("V1"))
         canary = "-" if r1 == "-" else ("pass" if float(r1) >= 1.0
                                         else "FAIL")

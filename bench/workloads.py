@@ -193,7 +193,29 @@ def make_workloads(rows):
         [("key", "key", "int")],
         [("cnt", "count", None, "bigint"), ("s", "sum", "v", "float8")],
         "W3: %s keys; count, sum" % format(keys3, ","))
-    return {"w1": w1, "w2": w2, "w3": w3}
+    # The same jobs over copies of their sources partitioned BY HASH (key)
+    # into 8 leaves, which stp reads leaf by leaf.
+    w1h = Workload(w1.name + "h", "events_h", w1.keys, w1.groups, w1.aggs,
+                   w1.title.replace("W1:", "W1h: W1 on 8 hash leaves;"))
+    w3h = Workload(w3.name + "h", "events3_h", w3.keys, w3.groups, w3.aggs,
+                   w3.title.replace("W3:", "W3h: W3 on 8 hash leaves;"))
+    w1h.name, w3h.name = "w1h", "w3h"
+    return {"w1": w1, "w2": w2, "w3": w3, "w1h": w1h, "w3h": w3h}
+
+
+HASH_LEAVES = 8
+
+
+def create_hash_source(conn, table):
+    """An empty source of the benchmark's shape, PARTITION BY HASH (key)
+    into HASH_LEAVES leaves; the bigserial default and its sequence are the
+    parent's, and every leaf inherits them."""
+    q(conn, "DROP TABLE IF EXISTS %s CASCADE" % table)
+    q(conn, "CREATE TABLE %s (id bigserial, ts timestamptz, key int, v float8) "
+            "PARTITION BY HASH (key)" % table)
+    for i in range(HASH_LEAVES):
+        q(conn, "CREATE TABLE %s_%d PARTITION OF %s FOR VALUES WITH "
+                "(MODULUS %d, REMAINDER %d)" % (table, i, table, HASH_LEAVES, i))
 
 
 def create_source(conn, table, with_pk=True):
@@ -210,7 +232,11 @@ def load_source(conn, table, rows, keys, seed):
     (1..rows) and the sequence is then set past them: the same rows as
     inserting through the default, much faster.
     """
-    create_source(conn, table, with_pk=False)
+    hashed = table.endswith("_h")
+    if hashed:
+        create_hash_source(conn, table)
+    else:
+        create_source(conn, table, with_pk=False)
     q(conn, "SELECT setseed(%s)", (seed,))
     q(conn, """
 INSERT INTO {t} (id, ts, key, v)
@@ -220,7 +246,12 @@ SELECT i,
        round((random() * 1000)::numeric, 3)::float8
 FROM generate_series(1, {n}) AS i""".format(t=table, base=BASE_TS, n=rows,
                                                k=keys))
-    q(conn, "ALTER TABLE %s ADD PRIMARY KEY (id)" % table)
+    # A partitioned table's primary key must contain its partition key: each
+    # leaf gets an index on id instead, as the plain table's key.
+    if hashed:
+        q(conn, "CREATE INDEX %s_id ON %s (id)" % (table, table))
+    else:
+        q(conn, "ALTER TABLE %s ADD PRIMARY KEY (id)" % table)
     q(conn, "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
       (table, rows))
     q(conn, "VACUUM (FREEZE, ANALYZE) %s" % table)
@@ -230,7 +261,9 @@ def prepare_sources(workloads, rows):
     """Load every source table the chosen workloads need; prewarm them."""
     conn = connect()
     q(conn, "CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-    seeds = {"events": 0.42, "events3": 0.43}
+    # A hash-partitioned copy holds the same rows as its plain table.
+    seeds = {"events": 0.42, "events3": 0.43, "events_h": 0.42,
+             "events3_h": 0.43}
     done = set()
     for w in workloads:
         if w.table in done:
@@ -238,8 +271,15 @@ def prepare_sources(workloads, rows):
         log("loading %s: %s rows over %s keys" % (w.table, format(rows, ","),
                                                    format(w.keys, ",")))
         load_source(conn, w.table, rows, w.keys, seeds[w.table])
-        q(conn, "SELECT pg_prewarm(%s), pg_prewarm(%s)",
-          (w.table, w.table + "_pkey"))
+        if w.table.endswith("_h"):
+            q(conn, "SELECT pg_prewarm(c.oid) FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "OR c.oid IN (SELECT indexrelid FROM pg_index "
+                    "WHERE indrelid = i.inhrelid) "
+                    "WHERE i.inhparent = %s::regclass", (w.table,))
+        else:
+            q(conn, "SELECT pg_prewarm(%s), pg_prewarm(%s)",
+              (w.table, w.table + "_pkey"))
         done.add(w.table)
     sizes = {t: q1(conn, "SELECT pg_size_pretty(pg_total_relation_size(%s))",
                    (t,)) for t in done}

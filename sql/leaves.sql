@@ -22,6 +22,13 @@ INSERT INTO lv_hash (k, v) SELECT g % 70, g FROM generate_series(1, 2000) g;
 CALL stp_await('lv_job', '60 s');
 SELECT stp_test_diff('lv_r', 'k, n, s', 'SELECT k, count(*), sum(v) FROM lv_hash GROUP BY k');
 SELECT sum(n) AS counted, (SELECT count(*) FROM lv_hash) AS rows FROM lv_r;
+-- A leaf renamed under the job is read by its new name.
+ALTER TABLE lv_hash_1 RENAME TO lv_hash_one;
+INSERT INTO lv_hash (k, v) SELECT g % 70, g FROM generate_series(1, 500) g;
+CALL stp_await('lv_job', '60 s');
+SELECT stp_test_diff('lv_r', 'k, n, s', 'SELECT k, count(*), sum(v) FROM lv_hash GROUP BY k');
+SELECT partition, leaves FROM stp.job_status WHERE job_name = 'lv_job' ORDER BY partition;
+ALTER TABLE lv_hash_one RENAME TO lv_hash_1;
 -- Each partition read only its own leaves: every row once.
 SELECT sum(rows_processed) = (SELECT count(*) FROM lv_hash) AS once
 FROM stp.job_status WHERE job_name = 'lv_job';

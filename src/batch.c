@@ -245,7 +245,7 @@ prepare_batch_plan(StpJobDef *def)
 		pfree(stp_worker.source_name);
 	if (stp_worker.result_name)
 		pfree(stp_worker.result_name);
-	stp_worker.source_name = stp_qualified_relname(def->source);
+	stp_worker.source_name = stp_source_names(def, stp_worker.args.partition);
 	stp_worker.result_name = stp_qualified_relname(def->result);
 	MemoryContextSwitchTo(old);
 }
@@ -294,7 +294,7 @@ guard_tables(void)
 					 errhint("Drop the job and create it again.")));
 		LockRelationOid(side, AccessShareLock);
 	}
-	if (strcmp(stp_qualified_relname(def->source), stp_worker.source_name) != 0 ||
+	if (strcmp(stp_source_names(def, stp_worker.args.partition), stp_worker.source_name) != 0 ||
 		strcmp(stp_qualified_relname(def->result), stp_worker.result_name) != 0)
 		prepare_batch_plan(def);
 }

@@ -190,6 +190,28 @@ stp_leaves_from_item(StpJobDef *def, int32 partition)
 }
 
 /*
+ * The names a partition's batch statement reads its source by: the
+ * source's, and in leaves mode its own leaves'.  A batch statement is
+ * prepared again when they change, since a cached plan is re-analysed by
+ * name (a renamed leaf would no longer be found).
+ */
+char *
+stp_source_names(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, stp_qualified_relname(def->source));
+	if (def->leaves != NIL && def->partitions > 1)
+	{
+		foreach(lc, stp_partition_leaves(def, partition))
+			appendStringInfo(&buf, " %s", stp_qualified_relname(lfirst_oid(lc)));
+	}
+	return buf.data;
+}
+
+/*
  * The leaves whose writers a partition waits for before it reads up to
  * the sequence's last value.  An INSERT straight into a leaf locks the
  * leaf, and takes only AccessShareLock on the parent, so waiting for the

@@ -335,6 +335,7 @@ extern bool stp_finish_resize(int32 job_id);
 extern List *stp_hash_leaves(Oid source, List *key_exprs, char **why);
 extern List *stp_partition_leaves(StpJobDef *def, int32 partition);
 extern char *stp_leaves_from_item(StpJobDef *def, int32 partition);
+extern char *stp_source_names(StpJobDef *def, int32 partition);
 extern List *stp_leaves_to_wait(StpJobDef *def, int32 partition);
 extern char *stp_check_leaves(StpJobDef *def, const char *srcname);
 extern bool stp_leaf_order_default_ok(StpJobDef *def, Oid leaf);
