@@ -604,7 +604,6 @@ stp_worker_step(bool *stop)
 				 errmsg("progress of job %d partition %d moved under its worker",
 						stp_worker.args.job_id, stp_worker.args.partition)));
 	}
-
 	else
 	{
 		bool		no_cut;
