@@ -5,13 +5,15 @@
 # crashes strike in the middle of each resize.
 #
 # To catch a resize in the middle, partition 0's progress row is held by
-# another session while the other partitions run ahead; the resize's cut
-# is then far beyond partition 0, which must catch up to it before the
-# new partitions can start.  Meanwhile:
+# another session while the other partitions run ahead, and the job is
+# stopped; the resize's cut is then far beyond partition 0, which must
+# catch up to it once the job is resumed, before the new partitions can
+# start.  Meanwhile:
 #   1. (2 -> 4) a worker that waits at the cut is killed (crash restart);
 #   2. (4 -> 3) the server is shut down immediately and started again;
-#   3. (3 -> 2, after the batch size went down to 20 ids) the worker that
-#      is behind the cut is killed.
+#   3. (3 -> 2, after the batch size went down to 20 ids) the worker of
+#      partition 0, with its way to the cut still before it, is killed
+#      right after the job resumes.
 # After each, the resize completes, and at the end the result equals the
 # batch query and counts every committed row exactly once.
 
@@ -42,8 +44,11 @@ StpTest::wait_for_workers($node, 'start', 2);
 
 my $job_id = $node->safe_psql('postgres', "SELECT job_id FROM stp.jobs WHERE job_name = 'j'");
 
-# Hold partition 0 back for a while, then ask for the resize: it records
-# its cut at the most advanced partition, far beyond partition 0.
+# Hold partition 0 back for a while, so that the other partitions run
+# ahead, and stop the job meanwhile; then ask for the resize: it records
+# its cut at the most advanced partition, far beyond partition 0, and
+# stays pending while the job is stopped.  Resuming starts the old
+# partitions' workers towards the cut.
 sub start_resize
 {
 	my ($label, $to) = @_;
@@ -52,23 +57,18 @@ sub start_resize
 	$holder->query_safe(
 		"SELECT 1 FROM stp.partitions WHERE job_id = $job_id AND partition = 0 FOR UPDATE");
 	usleep(4_000_000);
-	my $alter = $node->background_psql('postgres');
-	$alter->query_until(qr/altering/,
-		"\\echo altering\nSELECT stp_alter_job('j', partitions => $to);\n");
-	# The resize waits for the held row, then records the cut.
+	$node->safe_psql('postgres', "SELECT stp_stop_job('j')");
 	$holder->query_safe('COMMIT');
 	$holder->quit;
-	ok( $node->poll_query_until(
-			'postgres', "SELECT resize_to IS NOT NULL OR partitions = $to FROM stp.jobs WHERE job_id = $job_id"),
-		"$label: the resize to $to is recorded");
-	$alter->quit;
+	$node->safe_psql('postgres', "SELECT stp_alter_job('j', partitions => $to)");
 	is( $node->safe_psql(
 			'postgres', qq{SELECT j.resize_to || ' ' || bool_and(p.stop_at IS NOT NULL)
 			|| ' ' || bool_or(p.processed_upto < p.stop_at)
 			FROM stp.jobs j JOIN stp.partitions p USING (job_id) WHERE job_id = $job_id
 			GROUP BY j.resize_to}),
 		"$to true true",
-		"$label: the resize is pending, with partition 0 behind the cut");
+		"$label: the resize to $to is pending, with partition 0 behind the cut");
+	$node->safe_psql('postgres', "SELECT stp_resume_job('j')");
 }
 
 # Wait for the resize to complete, with $to partitions at work.
@@ -105,18 +105,18 @@ finish_resize('up', 4);
 
 # 2. 4 -> 3; immediate shutdown while partition 0 is behind the cut.
 start_resize('down', 3);
+StpTest::wait_for_workers($node, 'down', 4);
 $node->stop('immediate');
 $node->start;
 finish_resize('down', 3);
 
-# 3. 3 -> 2; kill the worker that is behind the cut.  Small batches keep it
-# behind for long enough.
+# 3. 3 -> 2; kill partition 0's worker on its way to the cut.  Small batches
+# keep it behind for long enough.
 $node->safe_psql('postgres', "SELECT stp_alter_job('j', batch_size => 20)");
 is($node->safe_psql('postgres', "SELECT batch_size FROM stp.jobs WHERE job_id = $job_id"),
 	'20', 'the batch size changes without a resize');
 start_resize('down again', 2);
-kill_and_wait('down again', 's.partition = 0 AND s.processed_upto < (SELECT stop_at FROM stp.partitions p '
-	  . "WHERE p.job_id = $job_id AND p.partition = 0)");
+kill_and_wait('down again', 's.partition = 0');
 finish_resize('down again', 2);
 
 usleep(1_000_000);
