@@ -241,6 +241,12 @@ typedef struct StpShape
 	List	   *agg_columns;	/* of char *, their state columns */
 	bool		global;			/* no GROUP BY: one group, always present */
 	Oid			source;			/* the source table */
+	List	   *agg_kinds;		/* of int (StpAggKind), for each aggref */
+	/* a hopping window, FROM source, stp.hop(ts, size, slide, origin) */
+	int			hop_key;		/* its key's index in key_columns, or -1 */
+	Node	   *hop_size;		/* the window's size, slide and origin, */
+	Node	   *hop_slide;		/* as constants */
+	Node	   *hop_origin;
 } StpShape;
 
 /* A job as the management functions see it (job.c). */
@@ -269,6 +275,10 @@ extern void stp_check_time_dependence(Node *query);
 
 /* shape.c */
 extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
+
+/* hop.c */
+extern void stp_hop_check(Interval *size, Interval *slide, int64 *size_usecs,
+						  int64 *slide_usecs);
 
 /* Saved identity while running with the extension owner's rights. */
 typedef struct StpRights
