@@ -13,6 +13,10 @@
  * with each grouping expression and each aggregate call replaced by its
  * state column: one state row is one group, so HAVING becomes WHERE.
  *
+ * A job with a hopping window, stp.hop() in FROM, keeps one state row per
+ * group and pane; its view reads the windows combined from the panes
+ * (hop_windows_sql) in place of the state table.
+ *
  * The expressions are rewritten as trees and deparsed against the state
  * table, as the job's other expressions are, so the view computes with
  * the same operators, functions and types as the batch query.
