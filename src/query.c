@@ -196,16 +196,38 @@ classify_aggregate(Aggref *agg, const char *colname)
 
 	if (agg->aggdistinct)
 	{
-		if (nsp != PG_CATALOG_NAMESPACE || strcmp(fname, "count") != 0)
-			refuse("DISTINCT aggregates other than count(DISTINCT x)",
-				   "Only count(DISTINCT x) keeps a state that stp can merge.");
+		if (nsp != PG_CATALOG_NAMESPACE ||
+			(strcmp(fname, "count") != 0 && strcmp(fname, "sum") != 0 &&
+			 strcmp(fname, "avg") != 0))
+			refuse("DISTINCT aggregates other than count, sum and avg",
+				   "count(DISTINCT x), sum(DISTINCT x) and avg(DISTINCT x) keep a state that stp can merge.");
 		if (!OidIsValid(GetDefaultOpClass(argtype, BTREE_AM_OID)))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("count(DISTINCT %s) is not supported in a job's query",
-							format_type_be(argtype)),
+					 errmsg("%s(DISTINCT %s) is not supported in a job's query",
+							fname, format_type_be(argtype)),
 					 errdetail("stp keeps the distinct values in a unique index, which needs a default btree operator class for the type.")));
-		return STP_AGG_COUNT_DISTINCT;
+		if (strcmp(fname, "count") == 0)
+			return STP_AGG_COUNT_DISTINCT;
+		if (strcmp(fname, "sum") == 0)
+			return STP_AGG_SUM_DISTINCT;
+		switch (argtype)
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case NUMERICOID:
+				return STP_AGG_AVG_NUMERIC_DISTINCT;
+			case FLOAT4OID:
+			case FLOAT8OID:
+				return STP_AGG_AVG_FLOAT_DISTINCT;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("avg(DISTINCT %s) is not supported in a job's query",
+								format_type_be(argtype)),
+						 errhint("avg is supported over smallint, integer, bigint, numeric, real and double precision.")));
+		}
 	}
 
 	if (nsp == PG_CATALOG_NAMESPACE)
@@ -268,7 +290,7 @@ classify_aggregate(Aggref *agg, const char *colname)
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), count(DISTINCT x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
+			 errhint("The supported aggregates are count(*), count(x), count, sum and avg with DISTINCT, sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
@@ -294,7 +316,7 @@ make_column(const char *name, Oid type, int32 typmod, Oid collation)
 static Oid
 avg_sum_type(StpAggKind kind, Oid argtype)
 {
-	if (kind == STP_AGG_AVG_FLOAT)
+	if (kind == STP_AGG_AVG_FLOAT || kind == STP_AGG_AVG_FLOAT_DISTINCT)
 		return FLOAT8OID;
 	if (argtype == INT2OID || argtype == INT4OID)
 		return INT8OID;
@@ -429,7 +451,7 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 							 make_column(stp_variance_state_column(name),
 										 FLOAT8ARRAYOID, -1, InvalidOid));
 		}
-		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		if (STP_AGG_IS_AVG(kind))
 		{
 			if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
 				ereport(ERROR,
@@ -759,12 +781,12 @@ analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
 
 		add_aggregate(def, aggs, state, name, lfirst_node(Aggref, lc), dpcontext);
 		shape->agg_columns = lappend(shape->agg_columns, name);
-		if (hop && llast_int(def->agg_kinds) == STP_AGG_COUNT_DISTINCT)
+		if (hop && STP_AGG_IS_DISTINCT(llast_int(def->agg_kinds)))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("count(DISTINCT ...) is not supported with stp.hop() in a job's query"),
+					 errmsg("DISTINCT aggregates are not supported with stp.hop() in a job's query"),
 					 errdetail("A window's distinct values cannot be combined from its panes' counts."),
-					 errhint("Use a tumbling window, GROUP BY date_bin(...), for count(DISTINCT ...).")));
+					 errhint("Use a tumbling window, GROUP BY date_bin(...), for DISTINCT aggregates.")));
 	}
 	shape->agg_kinds = list_copy(def->agg_kinds);
 	return shape;

@@ -188,6 +188,9 @@ combine_panes(StpAggKind kind, Oid state_relid, const char *col)
 			return psprintf("pg_catalog.float8_stddev_pop(stp.float8_merge_state(p.%s))",
 							quote_identifier(stp_variance_state_column(col)));
 		case STP_AGG_COUNT_DISTINCT:
+		case STP_AGG_SUM_DISTINCT:
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+		case STP_AGG_AVG_FLOAT_DISTINCT:
 			break;
 	}
 	elog(ERROR, "aggregate kind %d cannot be combined from panes", (int) kind);

@@ -168,11 +168,17 @@ typedef enum StpAggKind
 	STP_AGG_STDDEV_SAMP,		/* stddev_samp and stddev */
 	STP_AGG_STDDEV_POP,
 	/* count(DISTINCT x), counted through a distinct table (sqlgen.c) */
-	STP_AGG_COUNT_DISTINCT
+	STP_AGG_COUNT_DISTINCT,
+	/* sum(DISTINCT x) and avg(DISTINCT x), through a distinct table too */
+	STP_AGG_SUM_DISTINCT,
+	STP_AGG_AVG_NUMERIC_DISTINCT,
+	STP_AGG_AVG_FLOAT_DISTINCT
 } StpAggKind;
 
 #define STP_AGG_IS_AVG(kind) \
-	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT)
+	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT || \
+	 (kind) == STP_AGG_AVG_NUMERIC_DISTINCT || (kind) == STP_AGG_AVG_FLOAT_DISTINCT)
+#define STP_AGG_IS_DISTINCT(kind) ((kind) >= STP_AGG_COUNT_DISTINCT)
 #define STP_AGG_IS_VARIANCE(kind) \
 	((kind) >= STP_AGG_VAR_SAMP && (kind) <= STP_AGG_STDDEV_POP)
 
