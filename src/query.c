@@ -261,6 +261,13 @@ classify_aggregate(Aggref *agg, const char *colname)
 			}
 		}
 	}
+	if (nsp != PG_CATALOG_NAMESPACE)
+	{
+		StpAggKind	sketch = stp_sketch_kind(agg->aggfnoid, fname);
+
+		if (STP_AGG_IS_SKETCH(sketch))
+			return sketch;
+	}
 	if (nsp == PG_CATALOG_NAMESPACE)
 	{
 		if (strcmp(fname, "bool_and") == 0 || strcmp(fname, "every") == 0)
@@ -469,6 +476,14 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 							 make_column(stp_avg_count_column(name),
 										 INT8OID, -1, InvalidOid));
 		}
+	}
+	if (STP_AGG_IS_SKETCH(kind))
+	{
+		/* A sketch's batch aggregate is the query's own call. */
+		Aggref	   *call = copyObject(agg);
+
+		call->aggfilter = NULL;
+		arg = deparse_expression((Node *) call, dpcontext, false, false);
 	}
 	*aggs = lappend(*aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
 	def->agg_names = lappend(def->agg_names, pstrdup(name));

@@ -187,6 +187,9 @@ combine_panes(StpAggKind kind, Oid state_relid, const char *col)
 		case STP_AGG_STDDEV_POP:
 			return psprintf("pg_catalog.float8_stddev_pop(stp.float8_merge_state(p.%s))",
 							quote_identifier(stp_variance_state_column(col)));
+		case STP_AGG_HLL:
+		case STP_AGG_TDIGEST:
+			return stp_sketch_combine_agg(kind, c);
 		case STP_AGG_COUNT_DISTINCT:
 		case STP_AGG_SUM_DISTINCT:
 		case STP_AGG_AVG_NUMERIC_DISTINCT:

@@ -51,7 +51,8 @@ static const char *const agg_kind_names[] = {
 	"count", "sum", "min", "max", "avg_numeric", "avg_float",
 	"bool_and", "bool_or", "bit_and", "bit_or",
 	"var_samp", "var_pop", "stddev_samp", "stddev_pop", "count_distinct",
-	"sum_distinct", "avg_numeric_distinct", "avg_float_distinct"
+	"sum_distinct", "avg_numeric_distinct", "avg_float_distinct",
+	"hll", "tdigest"
 };
 
 /*
@@ -320,6 +321,10 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 			case STP_AGG_BOOL_AND:
 				appendStringInfo(&buf, "pg_catalog.bool_and(%s)%s", arg, f);
 				break;
+			case STP_AGG_HLL:
+			case STP_AGG_TDIGEST:
+				appendStringInfo(&buf, "%s%s", arg, f);
+				break;
 			case STP_AGG_BOOL_OR:
 				appendStringInfo(&buf, "pg_catalog.bool_or(%s)%s", arg, f);
 				break;
@@ -543,6 +548,13 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 			case STP_AGG_BOOL_AND:
 				appendStringInfo(&buf, "COALESCE(r.%s AND EXCLUDED.%s, r.%s, EXCLUDED.%s)",
 								 col, col, col, col);
+				break;
+			case STP_AGG_HLL:
+			case STP_AGG_TDIGEST:
+				appendStringInfo(&buf, "COALESCE(%s, r.%s, EXCLUDED.%s)",
+								 stp_sketch_merge(kind, psprintf("r.%s", col),
+												  psprintf("EXCLUDED.%s", col)),
+								 col, col);
 				break;
 			case STP_AGG_BOOL_OR:
 				appendStringInfo(&buf, "COALESCE(r.%s OR EXCLUDED.%s, r.%s, EXCLUDED.%s)",
