@@ -657,13 +657,23 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "WITH d AS (INSERT INTO %s (", stp_qualified_relname(side));
 	append_joined(&buf, keys);
-	appendStringInfoString(&buf, ", _stp_value) SELECT ");
+	appendStringInfoString(&buf, ", _stp_value) SELECT DISTINCT ");
 	append_joined(&buf, def->key_exprs);
 	appendStringInfo(&buf, ", %s", arg);
 	append_source_rows(&buf, def, partition);
 	appendStringInfo(&buf, " AND (%s) IS NOT NULL", arg);
 	if (cond)
 		appendStringInfo(&buf, " AND (%s)", cond);
+
+	/*
+	 * The batch's pairs once each, in the order of the distinct table's
+	 * index: the inserts then walk its pages in order.  Measured on 1M
+	 * rows of ~1M distinct pairs: 13.5 s sorted against 22.9 s in the
+	 * source's order (on a busy machine).
+	 */
+	appendStringInfoString(&buf, " ORDER BY ");
+	for (int i = 0; i <= list_length(keys); i++)
+		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
 	appendStringInfoString(&buf, " ON CONFLICT DO NOTHING RETURNING ");
 	append_joined(&buf, keys);
 	appendStringInfo(&buf, ", _stp_value) INSERT INTO %s AS r (", stp_qualified_relname(def->result));
