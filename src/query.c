@@ -10,6 +10,8 @@
  * volatility.c).  What it can run is taken apart into group keys,
  * aggregates and a WHERE clause, each deparsed with a search_path of
  * pg_catalog only, so the stored text means the same in every session.
+ * A hopping window, stp.hop() in FROM, becomes a key on its pane
+ * (hop.c), which the result view combines into windows (shape.c).
  *
  *-------------------------------------------------------------------------
  */
