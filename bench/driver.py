@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Env, connect, log, q, q1          # noqa: E402
 from drain import DrainBench                          # noqa: E402
 from workloads import make_workloads, prepare_sources  # noqa: E402
+import shapes                                         # noqa: E402
 import waits                                          # noqa: E402
 import writers                                        # noqa: E402
 import report                                         # noqa: E402
@@ -37,7 +38,7 @@ def parse_args():
     p.add_argument("--rows", type=int)
     p.add_argument("--runs", type=int)
     p.add_argument("--batch-size", type=int, default=1000000)
-    p.add_argument("--sections", default="drain,wait,writer,freshness")
+    p.add_argument("--sections", default="drain,wait,shapes,writer,freshness")
     p.add_argument("--wait-rows", type=int)
     p.add_argument("--open-secs", type=int)
     p.add_argument("--workloads", default="w1,w2,w3,w1h,w3h")
@@ -172,6 +173,8 @@ def main():
                                   args.partitions).run()
     if "wait" in args.sections:
         res["wait"] = waits.run(args, stp_ok)
+    if "shapes" in args.sections:
+        res["shapes"] = shapes.run(args, stp_ok)
     if "writer" in args.sections:
         res["writer"] = writers.writer_overhead(env, args, all_w["w1"], stp_ok)
     if "freshness" in args.sections:

@@ -234,6 +234,29 @@ def wait_section(res):
     return "\n".join(out)
 
 
+def shapes_section(res):
+    sh = res.get("shapes")
+    if not sh:
+        return ""
+    out = ["## count(DISTINCT) and a hopping window", "",
+           "`shapesrc`: %s rows over one hour, 100 keys, 20,000 users; batch "
+           "size %s.  *batch*: `CREATE TABLE AS` the query.  *stp1*: one "
+           "partition, from `stp_start_job` to `stp_await`'s return.  *read*: "
+           "one read of the job's result view into a table afterwards.  "
+           "*stp1 / batch*: the batch query's time over stp1's (higher is "
+           "better; the target is 0.5)."
+           % (fnum(sh["rows"]), fnum(sh["batch_size"])), ""]
+    rows = []
+    for name, r in sh["jobs"].items():
+        med = [fnum(r[k]["median"], 2) if r.get(k) else "-"
+               for k in ("batch_summary", "stp1_summary", "read_summary", "ratio")]
+        rows.append(["%s: `%s`" % (name, r["query"]), fnum(r.get("groups"))] + med
+                    + ["ok" if all(r["checks"]) else "FAILED"])
+    out.append(table(["job", "groups", "batch s (median)", "stp1 s", "read s",
+                      "stp1 / batch", "result = batch"], rows, left=1))
+    return "\n".join(out)
+
+
 def errors_section(res):
     errs = []
     for wname, recs in (res.get("drain") or {}).items():
@@ -252,7 +275,8 @@ def errors_section(res):
 
 def render(res, plots):
     parts = [header(res), drain_section(res), memory_section(res),
-             wait_section(res), writer_section(res), freshness_section(res), errors_section(res)]
+             wait_section(res), shapes_section(res), writer_section(res),
+             freshness_section(res), errors_section(res)]
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(
             "![%s](%s)" % (p, p) for p in plots))

@@ -183,7 +183,7 @@ SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) AS 
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT sub, count(*) AS n FROM shp GROUP BY sub ORDER BY sub USING ~<~', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) + 1 AS n FROM shp GROUP BY grp', 'shp_filter1')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT x FROM shp', 'bad')$q$);
-SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, sum(DISTINCT x) AS n FROM shp GROUP BY grp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, max(DISTINCT x) AS n FROM shp GROUP BY grp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, stddev(x) AS sd FROM shp GROUP BY grp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, variance(y) AS v FROM shp GROUP BY grp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, bit_xor(bits) AS x FROM shp GROUP BY grp', 'bad')$q$);

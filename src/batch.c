@@ -181,7 +181,7 @@ check_job_relations(void)
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
 
 		check_result_column(lfirst(lc), TupleDescAttr(desc, col++));
-		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		if (STP_AGG_IS_AVG(kind))
 		{
 			check_result_column(stp_avg_sum_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
@@ -225,7 +225,7 @@ prepare_batch_plan(StpJobDef *def)
 	stp_worker.distinct_plans = NIL;
 	foreach(lc, def->agg_kinds)
 	{
-		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
 		sql = stp_distinct_sql(def, stp_worker.args.partition, foreach_current_index(lc));
 		elog(DEBUG1, "stp job %d partition %d distinct: %s",
@@ -280,7 +280,7 @@ guard_tables(void)
 		int			agg = foreach_current_index(lc);
 		Oid			side;
 
-		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
 		side = stp_distinct_table(def, agg);
 		if (!OidIsValid(side))

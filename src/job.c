@@ -748,7 +748,7 @@ stp_drop_job(PG_FUNCTION_ARGS)
 		{
 			Oid			side;
 
-			if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+			if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 				continue;
 			side = stp_distinct_table(def, foreach_current_index(lc));
 			if (OidIsValid(side) &&

@@ -10,6 +10,8 @@
  * volatility.c).  What it can run is taken apart into group keys,
  * aggregates and a WHERE clause, each deparsed with a search_path of
  * pg_catalog only, so the stored text means the same in every session.
+ * A hopping window, stp.hop() in FROM, becomes a key on its pane
+ * (hop.c), which the result view combines into windows (shape.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,7 +27,9 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
+#include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
+#include "parser/parse_func.h"
 #include "optimizer/clauses.h"
 #include "optimizer/optimizer.h"
 #include "parser/analyze.h"
@@ -39,6 +43,7 @@
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "stp.h"
 
@@ -188,16 +193,38 @@ classify_aggregate(Aggref *agg, const char *colname)
 
 	if (agg->aggdistinct)
 	{
-		if (nsp != PG_CATALOG_NAMESPACE || strcmp(fname, "count") != 0)
-			refuse("DISTINCT aggregates other than count(DISTINCT x)",
-				   "Only count(DISTINCT x) keeps a state that stp can merge.");
+		if (nsp != PG_CATALOG_NAMESPACE ||
+			(strcmp(fname, "count") != 0 && strcmp(fname, "sum") != 0 &&
+			 strcmp(fname, "avg") != 0))
+			refuse("DISTINCT aggregates other than count, sum and avg",
+				   "count(DISTINCT x), sum(DISTINCT x) and avg(DISTINCT x) keep a state that stp can merge.");
 		if (!OidIsValid(GetDefaultOpClass(argtype, BTREE_AM_OID)))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("count(DISTINCT %s) is not supported in a job's query",
-							format_type_be(argtype)),
+					 errmsg("%s(DISTINCT %s) is not supported in a job's query",
+							fname, format_type_be(argtype)),
 					 errdetail("stp keeps the distinct values in a unique index, which needs a default btree operator class for the type.")));
-		return STP_AGG_COUNT_DISTINCT;
+		if (strcmp(fname, "count") == 0)
+			return STP_AGG_COUNT_DISTINCT;
+		if (strcmp(fname, "sum") == 0)
+			return STP_AGG_SUM_DISTINCT;
+		switch (argtype)
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case NUMERICOID:
+				return STP_AGG_AVG_NUMERIC_DISTINCT;
+			case FLOAT4OID:
+			case FLOAT8OID:
+				return STP_AGG_AVG_FLOAT_DISTINCT;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("avg(DISTINCT %s) is not supported in a job's query",
+								format_type_be(argtype)),
+						 errhint("avg is supported over smallint, integer, bigint, numeric, real and double precision.")));
+		}
 	}
 
 	if (nsp == PG_CATALOG_NAMESPACE)
@@ -231,6 +258,13 @@ classify_aggregate(Aggref *agg, const char *colname)
 			}
 		}
 	}
+	if (nsp != PG_CATALOG_NAMESPACE)
+	{
+		StpAggKind	sketch = stp_sketch_kind(agg->aggfnoid, fname);
+
+		if (STP_AGG_IS_SKETCH(sketch))
+			return sketch;
+	}
 	if (nsp == PG_CATALOG_NAMESPACE)
 	{
 		if (strcmp(fname, "bool_and") == 0 || strcmp(fname, "every") == 0)
@@ -260,7 +294,7 @@ classify_aggregate(Aggref *agg, const char *colname)
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), count(DISTINCT x), sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
+			 errhint("The supported aggregates are count(*), count(x), count, sum and avg with DISTINCT, sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
 	return STP_AGG_COUNT;		/* keep compiler quiet */
 }
 
@@ -286,7 +320,7 @@ make_column(const char *name, Oid type, int32 typmod, Oid collation)
 static Oid
 avg_sum_type(StpAggKind kind, Oid argtype)
 {
-	if (kind == STP_AGG_AVG_FLOAT)
+	if (kind == STP_AGG_AVG_FLOAT || kind == STP_AGG_AVG_FLOAT_DISTINCT)
 		return FLOAT8OID;
 	if (argtype == INT2OID || argtype == INT4OID)
 		return INT8OID;
@@ -421,7 +455,7 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 							 make_column(stp_variance_state_column(name),
 										 FLOAT8ARRAYOID, -1, InvalidOid));
 		}
-		if (kind == STP_AGG_AVG_NUMERIC || kind == STP_AGG_AVG_FLOAT)
+		if (STP_AGG_IS_AVG(kind))
 		{
 			if (strlen(stp_avg_count_column(name)) >= NAMEDATALEN)
 				ereport(ERROR,
@@ -439,6 +473,14 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 							 make_column(stp_avg_count_column(name),
 										 INT8OID, -1, InvalidOid));
 		}
+	}
+	if (STP_AGG_IS_SKETCH(kind))
+	{
+		/* A sketch's batch aggregate is the query's own call. */
+		Aggref	   *call = copyObject(agg);
+
+		call->aggfilter = NULL;
+		arg = deparse_expression((Node *) call, dpcontext, false, false);
 	}
 	*aggs = lappend(*aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
 	def->agg_names = lappend(def->agg_names, pstrdup(name));
@@ -497,6 +539,180 @@ analyze_plain(Query *q, StpJobDef *def, List **keys, List **aggs,
 }
 
 /*
+ * Is the range table entry a call of stp.hop(), the hopping window?
+ */
+static FuncExpr *
+hop_call(RangeTblEntry *rte)
+{
+	RangeTblFunction *rtfunc;
+	FuncExpr   *fexpr;
+	Oid			nsp = get_namespace_oid("stp", true);
+
+	if (rte->rtekind != RTE_FUNCTION || list_length(rte->functions) != 1)
+		return NULL;
+	rtfunc = linitial_node(RangeTblFunction, rte->functions);
+	if (!IsA(rtfunc->funcexpr, FuncExpr))
+		return NULL;
+	fexpr = (FuncExpr *) rtfunc->funcexpr;
+	if (!OidIsValid(nsp) || get_func_namespace(fexpr->funcid) != nsp ||
+		strcmp(get_func_name(fexpr->funcid), "hop") != 0)
+		return NULL;
+	return fexpr;
+}
+
+/*
+ * Refuse functions in FROM other than one stp.hop() after the source, and
+ * return that call, or NULL.  Its size, slide and origin must be
+ * constants that stp.hop() accepts, so that the job's panes are fixed.
+ */
+static FuncExpr *
+find_hop(Query *q)
+{
+	FuncExpr   *fexpr = NULL;
+	ListCell   *lc;
+	int64		size,
+				slide;
+
+	foreach(lc, q->rtable)
+	{
+		RangeTblEntry *r = lfirst_node(RangeTblEntry, lc);
+
+		if (r->rtekind != RTE_FUNCTION)
+			continue;
+		if (foreach_current_index(lc) != 1 || hop_call(r) == NULL)
+			refuse("functions in FROM other than stp.hop()",
+				   "A hopping window is written FROM source, stp.hop(ts, size, slide) AS w ... GROUP BY w; other functions can be used in expressions.");
+		if (r->funcordinality)
+			refuse("WITH ORDINALITY clauses", NULL);
+		fexpr = hop_call(r);
+	}
+	if (fexpr == NULL)
+		return NULL;
+	if (list_length(q->rtable) != 2 || list_length(q->jointree->fromlist) != 2 ||
+		!IsA(linitial(q->jointree->fromlist), RangeTblRef) ||
+		!IsA(lsecond(q->jointree->fromlist), RangeTblRef))
+		refuse("joins", "A hopping window is written FROM source, stp.hop(ts, size, slide) AS w, with a comma.");
+
+	/*
+	 * The planner, not parse analysis, adds the default origin and puts
+	 * named arguments in order; do that here.
+	 */
+	fexpr = castNode(FuncExpr, eval_const_expressions(NULL, (Node *) copyObject(fexpr)));
+	Assert(list_length(fexpr->args) == 4);
+	for (int i = 1; i < 4; i++)
+	{
+		Node	   *arg = list_nth(fexpr->args, i);
+
+		if (!IsA(arg, Const) || ((Const *) arg)->constisnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the size, slide and origin of stp.hop() in a job's query must be constants"),
+					 errhint("Write them as literals, such as stp.hop(ts, '1 minute', '10 seconds').")));
+	}
+	stp_hop_check(DatumGetIntervalP(((Const *) lsecond(fexpr->args))->constvalue),
+				  DatumGetIntervalP(((Const *) lthird(fexpr->args))->constvalue),
+				  &size, &slide);
+	if (TIMESTAMP_NOT_FINITE(DatumGetInt64(((Const *) lfourth(fexpr->args))->constvalue)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("the origin of a hopping window must be finite")));
+	return fexpr;
+}
+
+/*
+ * Walker: does the expression read the window of stp.hop(), range table
+ * entry 2?
+ */
+static bool
+reads_window_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var))
+		return ((Var *) node)->varno == 2 && ((Var *) node)->varlevelsup == 0;
+	return expression_tree_walker(node, reads_window_walker, context);
+}
+
+/*
+ * Walker: refuse an aggregate whose argument or FILTER reads the window.
+ */
+static bool
+window_in_aggregate_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Aggref))
+	{
+		if (reads_window_walker(node, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the window of stp.hop() cannot be used inside an aggregate in a job's query"),
+					 errdetail("A job aggregates each row once, into its pane, not once per window."),
+					 errhint("Use the window only as a GROUP BY key and in expressions over it.")));
+		return false;
+	}
+	return expression_tree_walker(node, window_in_aggregate_walker, context);
+}
+
+/*
+ * Check where a query with stp.hop() reads its window: it must group by
+ * the window itself, and read it nowhere but there and in expressions
+ * over the groups.  Returns the grouping expression, the window's Var.
+ */
+static Node *
+check_hop_uses(Query *q)
+{
+	Node	   *window = NULL;
+	ListCell   *lc;
+
+	foreach(lc, q->groupClause)
+	{
+		Node	   *expr = get_sortgroupclause_expr(lfirst_node(SortGroupClause, lc),
+													q->targetList);
+
+		if (IsA(expr, Var) && reads_window_walker(expr, NULL))
+			window = expr;
+		else if (reads_window_walker(expr, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job's query can group by the window of stp.hop() only as it is"),
+					 errhint("GROUP BY the window itself, and compute with it in the select list.")));
+	}
+	if (window == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job's query with stp.hop() must group by its window"),
+				 errdetail("Without it, every row would be counted once per window it lies in."),
+				 errhint("Add the window to GROUP BY: FROM source, stp.hop(ts, size, slide) AS w ... GROUP BY w.")));
+	if (reads_window_walker(q->jointree->quals, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the window of stp.hop() cannot be used in WHERE in a job's query"),
+				 errhint("Filter the windows with HAVING, or filter the rows by their timestamp.")));
+	(void) window_in_aggregate_walker((Node *) q->targetList, NULL);
+	(void) window_in_aggregate_walker(q->havingQual, NULL);
+	return window;
+}
+
+/*
+ * The pane of a hopping window, stp.hop_pane() with the arguments of the
+ * query's stp.hop() call: the key the job groups its rows by.
+ */
+static Node *
+hop_pane_expr(FuncExpr *hop)
+{
+	FuncExpr   *pane = copyObject(hop);
+	Oid			argtypes[4];
+	List	   *name = list_make2(makeString("stp"), makeString("hop_pane"));
+
+	for (int i = 0; i < 4; i++)
+		argtypes[i] = exprType(list_nth(hop->args, i));
+	pane->funcid = LookupFuncName(name, 4, argtypes, false);
+	pane->funcretset = false;
+	return (Node *) pane;
+}
+
+/*
  * Take a query whose output is computed from its state apart: its state
  * keeps every grouping expression (named as the column that selects it,
  * or _stp_k<i>) and every distinct aggregate call (_stp_a<i>), and the
@@ -505,10 +721,13 @@ analyze_plain(Query *q, StpJobDef *def, List **keys, List **aggs,
  */
 static StpShape *
 analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
-			   List **aggs, List **state, List *dpcontext)
+			   List **aggs, List **state, List *dpcontext, FuncExpr *hop,
+			   Node *window)
 {
 	StpShape   *shape = palloc0(sizeof(StpShape));
 	ListCell   *lc;
+
+	shape->hop_key = -1;
 
 	foreach(lc, q->targetList)
 	{
@@ -548,7 +767,20 @@ analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
 		char	   *name = tle->resjunk ?
 			psprintf("_stp_k%d", foreach_current_index(lc)) : tle->resname;
 
-		add_key(def, keys, name, (Node *) tle->expr, dpcontext);
+		/*
+		 * The state keeps the window's panes; the view combines them into
+		 * windows.
+		 */
+		if (window && equal(tle->expr, window))
+		{
+			add_key(def, keys, name, hop_pane_expr(hop), dpcontext);
+			shape->hop_key = list_length(shape->key_columns);
+			shape->hop_size = lsecond(hop->args);
+			shape->hop_slide = lthird(hop->args);
+			shape->hop_origin = lfourth(hop->args);
+		}
+		else
+			add_key(def, keys, name, (Node *) tle->expr, dpcontext);
 		shape->key_exprs = lappend(shape->key_exprs, tle->expr);
 		shape->key_columns = lappend(shape->key_columns, name);
 	}
@@ -561,7 +793,14 @@ analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
 
 		add_aggregate(def, aggs, state, name, lfirst_node(Aggref, lc), dpcontext);
 		shape->agg_columns = lappend(shape->agg_columns, name);
+		if (hop && STP_AGG_IS_DISTINCT(llast_int(def->agg_kinds)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("DISTINCT aggregates are not supported with stp.hop() in a job's query"),
+					 errdetail("A window's distinct values cannot be combined from its panes' counts."),
+					 errhint("Use a tumbling window, GROUP BY date_bin(...), for DISTINCT aggregates.")));
 	}
+	shape->agg_kinds = list_copy(def->agg_kinds);
 	return shape;
 }
 
@@ -587,6 +826,8 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 	List	   *names = NIL;
 	ListCell   *lc;
 	int			save_nestlevel;
+	FuncExpr   *hop;
+	Node	   *window = NULL;
 
 	ss = check_raw_statement(query_text);
 	rs = makeNode(RawStmt);
@@ -622,12 +863,14 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 		if (r->rtekind == RTE_SUBQUERY)
 			refuse("subqueries in FROM", NULL);
-		if (r->rtekind == RTE_FUNCTION || r->rtekind == RTE_TABLEFUNC)
+		if (r->rtekind == RTE_TABLEFUNC)
 			refuse("functions in FROM", NULL);
 		if (r->rtekind == RTE_VALUES)
 			refuse("VALUES lists", NULL);
 	}
-	if (list_length(q->rtable) != 1 || list_length(q->jointree->fromlist) != 1)
+	hop = find_hop(q);
+	if (hop == NULL &&
+		(list_length(q->rtable) != 1 || list_length(q->jointree->fromlist) != 1))
 		refuse("joins", "A job reads one source table.");
 	rte = linitial_node(RangeTblEntry, q->rtable);
 	if (rte->rtekind != RTE_RELATION)
@@ -648,6 +891,9 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 				 errmsg("a job's query needs a GROUP BY clause or an aggregate"),
 				 errhint("A job keeps the result of an aggregation, one row per group.")));
 
+	if (hop)
+		window = check_hop_uses(q);
+
 	foreach(lc, q->targetList)
 	{
 		TargetEntry *tle = lfirst_node(TargetEntry, lc);
@@ -665,13 +911,14 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 	def->key_names = def->key_exprs = NIL;
 	def->agg_names = def->agg_kinds = def->agg_args = def->agg_filters = NIL;
-	if (is_plain(q))
+	if (hop == NULL && is_plain(q))
 	{
 		analyze_plain(q, def, &keys, &aggs, &state, dpcontext);
 		*shape = NULL;
 	}
 	else
-		*shape = analyze_shaped(q, rte->relid, def, &keys, &aggs, &state, dpcontext);
+		*shape = analyze_shaped(q, rte->relid, def, &keys, &aggs, &state, dpcontext,
+								hop, window);
 
 	def->source = rte->relid;
 	def->where_clause = q->jointree->quals ?

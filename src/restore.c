@@ -121,7 +121,7 @@ has_key_indexes(StpJobDef *def)
 	{
 		Oid			side;
 
-		if ((StpAggKind) lfirst_int(lc) != STP_AGG_COUNT_DISTINCT)
+		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
 		side = stp_distinct_table(def, foreach_current_index(lc));
 		if (!OidIsValid(side) || !has_unique_index(side, columns))

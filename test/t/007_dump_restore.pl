@@ -14,7 +14,8 @@
 #   - everything but the source sequence's state (SEQUENCE SET left out);
 #   - a restore without the result table's data.
 # A dump that leaves out the source table cannot restore stp.jobs at all,
-# and pg_restore says so.
+# and pg_restore says so.  A second job, with count(DISTINCT) and
+# sum(DISTINCT), is restored with its distinct tables and stays exact.
 
 use strict;
 use warnings;
@@ -26,7 +27,8 @@ use FindBin;
 use lib $FindBin::Bin;
 use StpTest;
 
-my $node = StpTest::new_node('dump_restore');
+# Two jobs of 2 partitions in each of 7 databases.
+my $node = StpTest::new_node('dump_restore', max_worker_processes => 40);
 StpTest::create_events($node);
 $node->safe_psql('postgres', StpTest::insert_sql(0, 1, 5000));
 
@@ -34,6 +36,24 @@ my $def = StpTest::jobdef('narrow');
 my $query = $def->{query};
 $node->safe_psql('postgres',
 	"SELECT stp_start_job('j', \$\$$query\$\$, 'r', partitions => 2, batch_size => 500)");
+# A job with count(DISTINCT): its distinct tables are dumped and restored
+# with its state, and it stays exact.
+my $dquery = q{SELECT tag, count(DISTINCT v) AS dv, count(DISTINCT k) FILTER (WHERE v > 0) AS dk,
+       sum(DISTINCT v) AS sv FROM events GROUP BY tag};
+$node->safe_psql('postgres',
+	"SELECT stp_start_job('jd', \$\$$dquery\$\$, 'rd', partitions => 2, batch_size => 700)");
+
+# Wait for the count(DISTINCT) job; its view must equal its batch query.
+sub check_distinct
+{
+	my ($db, $label) = @_;
+	is($node->safe_psql($db, "SELECT stp_wait('jd', '120 s')"), 't', "$label: the count(DISTINCT) job catches up");
+	is( $node->safe_psql(
+			$db,
+			"SELECT count(*) FROM ((SELECT * FROM rd EXCEPT ALL ($dquery)) UNION ALL (($dquery) EXCEPT ALL SELECT * FROM rd)) d"),
+		'0',
+		"$label: the count(DISTINCT) job equals its batch query");
+}
 
 StpTest::setup_writers($node, prefix => '007', writers => 2, rows_per_tx => 10);
 StpTest::start_writers(1);
@@ -65,6 +85,7 @@ StpTest::check_job(
 	types => $def->{types},
 	await => 1,
 	wait_msg => 'the job catches up');
+check_distinct('postgres', 'source');
 
 sub createdb
 {
@@ -118,6 +139,7 @@ sub check_restored
 		sum_vs_batch => 1,
 		processed_upto => 1,
 		wait_msg => 'the restored job catches up with new rows');
+	check_distinct($db, $label);
 }
 
 # Plain format, through psql.
@@ -199,7 +221,7 @@ $node->command_ok(
 	'restored without the result table\'s data');
 ok( $node->poll_query_until(
 		'r_nores',
-		"SELECT bool_and(state = 'restored' AND last_error LIKE '%result table is empty%') FROM stp.job_status"),
+		"SELECT bool_and(state = 'restored' AND last_error LIKE '%result table is empty%') FROM stp.job_status WHERE job_name = 'j'"),
 	'no result data: the job waits in state restored, and says why');
 is($node->safe_psql('r_nores', 'SELECT count(*) FROM r'), '0',
 	'no result data: nothing was merged');
