@@ -101,6 +101,7 @@ AS 'MODULE_PATHNAME', 'stp_alter_job'
 LANGUAGE C VOLATILE;
 
 -- ==== end of partitioned sources and resizing ====
+
 -- ==== hop: hopping windows with panes ====
 
 -- The starts of the hopping windows of size "size", sliding by "slide"
