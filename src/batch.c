@@ -194,7 +194,9 @@ static void
 prepare_batch_plan(StpJobDef *def)
 {
 	Oid			types[2] = {INT8OID, INT8OID};
-	char	   *sql = stp_batch_sql(def, stp_worker.args.partition);
+	char	   *sql = def->slot_source ?
+		stp_slot_batch_sql(def, stp_worker.args.partition) :
+		stp_batch_sql(def, stp_worker.args.partition);
 	SPIPlanPtr	plan;
 	MemoryContext old;
 	ListCell   *lc;
@@ -288,6 +290,21 @@ guard_tables(void)
 	if (strcmp(stp_qualified_relname(def->source), stp_worker.source_name) != 0 ||
 		strcmp(stp_qualified_relname(def->result), stp_worker.result_name) != 0)
 		prepare_batch_plan(def);
+}
+
+/*
+ * guard_tables and check_job_relations, for a slot job's step (slot.c).
+ */
+void
+stp_guard_tables(void)
+{
+	guard_tables();
+}
+
+void
+stp_check_job_relations(void)
+{
+	check_job_relations();
 }
 
 /*
@@ -401,6 +418,10 @@ stp_worker_step(bool *stop)
 	int			ret;
 	int			nestlevel;
 	MemoryContext caller_ctx = CurrentMemoryContext;
+
+	/* A slot job decodes its source's changes instead (slot.c). */
+	if (stp_worker.def->slot_source)
+		return stp_slot_step(stop);
 
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();

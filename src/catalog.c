@@ -397,6 +397,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	char	   *sql;
 	int			ret;
 	bool		has_origin = stp_catalog_has_column("jobs", "origin");
+	bool		has_source_kind = stp_catalog_has_column("jobs", "source_kind");
 
 	/*
 	 * A catalog of version 1.0 has no settings, agg_filters or origin
@@ -407,13 +408,15 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
 				   stp_catalog_has_column("jobs", "agg_filters") ?
 				   "agg_filters" : "NULL::pg_catalog.text[]",
-				   has_origin ? "origin" : "NULL::pg_catalog.text");
+				   has_origin ? "origin" : "NULL::pg_catalog.text",
+				   has_source_kind ?
+				   "source_kind OPERATOR(pg_catalog.=) 'slot'" : "false");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -461,6 +464,15 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	if (has_origin)
 		def->restored = isnull ||
 			strcmp(TextDatumGetCString(d), stp_job_origin(def->source)) != 0;
+
+	/*
+	 * A slot job rebuilds its result from the source whenever its slot is
+	 * missing, as after a restore, so it needs no check that the restore
+	 * is complete.
+	 */
+	def->slot_source = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
+	if (def->slot_source)
+		def->restored = false;
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

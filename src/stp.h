@@ -198,6 +198,7 @@ typedef struct StpJobDef
 	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
 	bool		restored;		/* created elsewhere: restored from a dump */
+	bool		slot_source;	/* decodes a logical replication slot (slot.c) */
 } StpJobDef;
 
 /* sqlgen.c */
@@ -212,6 +213,9 @@ extern char *stp_initial_row_sql(StpJobDef *def);
 extern char *stp_distinct_table_name(const char *state_name, int agg);
 extern Oid	stp_distinct_table(StpJobDef *def, int agg);
 extern char *stp_distinct_sql(StpJobDef *def, int32 partition, int agg);
+extern char *stp_slot_batch_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn
@@ -321,6 +325,14 @@ extern void stp_check_noted_relations(void);
 extern void stp_check_drop_role(List *roles);
 struct RoleSpec;
 extern void stp_reassign_or_drop_owned(List *roles, struct RoleSpec *newrole);
+
+/* slot.c */
+extern void stp_slot_name(char *name, Oid dboid, int32 job_id, int32 partition);
+extern void stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
+								  const char *order_column, const char *start_from);
+extern void stp_drop_orphan_slots(void);
+extern void stp_drop_job_slots(int32 job_id, int32 partitions);
+extern uint64 stp_slot_confirmed(int32 job_id, int32 partition);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);

@@ -377,6 +377,7 @@ stp_worker_main(Datum main_arg)
 				error_is_permanent(edata->sqlerrcode))
 				EmitErrorReport();
 			AbortOutOfAnyTransaction();
+			stp_slot_abort();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
 			/* The abort left TopMemoryContext current: back to the loop's. */

@@ -1,0 +1,130 @@
+-- Jobs whose source is a logical replication slot: INSERT, UPDATE and DELETE.
+CREATE TABLE acct (id int PRIMARY KEY, grp text, sub int, amount numeric, f float8);
+ALTER TABLE acct REPLICA IDENTITY FULL;
+INSERT INTO acct SELECT i, 'g' || (i % 3), i % 2, i * 1.5, i / 4.0 FROM generate_series(1, 30) i;
+
+-- What the job's query returns as a batch SELECT.
+CREATE VIEW acct_batch AS
+SELECT grp, sub, count(*) AS n, sum(amount) AS total, avg(amount) AS mean,
+       min(amount) AS lo, max(amount) AS hi, count(f) AS nf, sum(f) AS sf
+FROM acct WHERE id <> 13 GROUP BY grp, sub;
+
+SELECT stp_start_job('acct_sums',
+    $$SELECT grp, sub, count(*) AS n, sum(amount) AS total, avg(amount) AS mean,
+             min(amount) AS lo, max(amount) AS hi, count(f) AS nf, sum(f) AS sf
+      FROM acct WHERE id <> 13 GROUP BY grp, sub$$,
+    'acct_sums', partitions => 2, source => 'slot') > 0 AS started;
+-- Rows of the result that differ from the batch query, either way.
+CREATE FUNCTION acct_diff() RETURNS TABLE (side text, grp text, sub int, n bigint, total numeric,
+                                           mean numeric, lo numeric, hi numeric, nf bigint, sf float8)
+LANGUAGE sql AS $$
+    (SELECT 'job', grp, sub, n, total, mean, lo, hi, nf, sf FROM acct_sums
+     EXCEPT SELECT 'job', * FROM acct_batch)
+    UNION ALL
+    (SELECT 'batch', * FROM acct_batch
+     EXCEPT SELECT 'batch', grp, sub, n, total, mean, lo, hi, nf, sf FROM acct_sums)
+    ORDER BY 1, 2, 3
+$$;
+
+SELECT source_kind, order_column, sequence, partitions FROM stp.jobs WHERE job_name = 'acct_sums';
+
+-- The rows present at the start count once.
+SELECT stp_wait('acct_sums');
+SELECT count(*) AS groups FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- One slot per partition, named from the database, job and partition.
+SELECT regexp_replace(slot_name, '^stp_[0-9]+_[0-9]+_', 'stp_DB_JOB_') AS slot, plugin, slot_type,
+       database = current_database() AS here, temporary
+FROM pg_replication_slots ORDER BY slot_name;
+
+-- Inserts, an update that leaves the key alone, updates that move rows
+-- between groups (and partitions), deletes.
+INSERT INTO acct VALUES (31, 'g0', 0, 100, NULL), (32, 'g9', 1, 7, 1.5), (33, NULL, NULL, 2, 2);
+UPDATE acct SET amount = amount + 1 WHERE id IN (1, 2);
+UPDATE acct SET grp = 'g2', sub = 0 WHERE id IN (3, 4, 5);
+DELETE FROM acct WHERE id IN (6, 7);
+SELECT stp_wait('acct_sums');
+SELECT * FROM acct_diff();
+SELECT grp, sub, n, total, lo, hi FROM acct_sums ORDER BY grp, sub;
+
+-- Deleting the current minimum and maximum of a group.
+SELECT lo, hi FROM acct_sums WHERE grp = 'g0' AND sub = 0;
+DELETE FROM acct WHERE grp = 'g0' AND sub = 0
+    AND (amount = (SELECT min(amount) FROM acct WHERE grp = 'g0' AND sub = 0 AND id <> 13)
+         OR amount = (SELECT max(amount) FROM acct WHERE grp = 'g0' AND sub = 0 AND id <> 13));
+UPDATE acct SET amount = 0.5 WHERE id = 12;
+SELECT stp_wait('acct_sums');
+SELECT lo, hi FROM acct_sums WHERE grp = 'g0' AND sub = 0;
+SELECT * FROM acct_diff();
+
+-- A group whose rows are all gone, by DELETE or by UPDATE, leaves the
+-- result; a row the job's WHERE drops changes nothing.
+DELETE FROM acct WHERE grp = 'g9';
+UPDATE acct SET grp = 'g1' WHERE grp IS NULL;
+UPDATE acct SET amount = 1000 WHERE id = 13;
+SELECT stp_wait('acct_sums');
+SELECT count(*) FILTER (WHERE grp = 'g9' OR grp IS NULL) AS gone, count(*) AS groups FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- A rolled-back transaction contributes nothing; a subtransaction rolled
+-- back inside a committed one neither.
+BEGIN;
+INSERT INTO acct VALUES (40, 'rollback', 1, 1, 1);
+DELETE FROM acct WHERE grp = 'g1';
+ROLLBACK;
+BEGIN;
+INSERT INTO acct VALUES (41, 'kept', 1, 1, 1);
+SAVEPOINT s;
+INSERT INTO acct VALUES (42, 'undone', 1, 1, 1);
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT stp_wait('acct_sums');
+SELECT grp FROM acct_sums WHERE grp IN ('rollback', 'kept', 'undone');
+SELECT * FROM acct_diff();
+
+-- A TRUNCATE empties the result; new rows count again.
+TRUNCATE acct;
+INSERT INTO acct VALUES (1, 'after', 1, 5, 5);
+SELECT stp_wait('acct_sums');
+SELECT grp, sub, n, total FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- stp.job_status: WAL behind and WAL retained per partition; stp_wait
+-- returns once every partition's slot has passed the WAL at the call.
+SELECT stp_wait('acct_sums');
+SELECT partition, rows_behind, wal_bytes_behind IS NOT NULL AS has_behind,
+       wal_retained_bytes >= 0 AS retains
+FROM stp.job_status WHERE job_name = 'acct_sums';
+
+-- The errors.
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => 'wal');
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => NULL);
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot', order_column => 'id');
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot', start_from => 'now');
+SELECT stp_start_job('bad', 'SELECT count(*) AS n FROM acct', 'bad', source => 'slot');
+SELECT stp_start_job('bad', 'SELECT grp, count(DISTINCT sub) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot');
+CREATE TABLE plain (id int PRIMARY KEY, k int);
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad', source => 'slot');
+ALTER TABLE plain REPLICA IDENTITY FULL;
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad',
+                     source => 'slot', partitions => 64);
+SELECT count(*) AS refused_jobs_left FROM stp.jobs WHERE job_name = 'bad';
+SELECT to_regclass('bad') IS NULL AS no_result_table;
+
+-- REPLICA IDENTITY changed under a running job fails it with the reason.
+SELECT stp_start_job('plain_counts', 'SELECT k, count(*) AS n FROM plain GROUP BY k',
+                     'plain_counts', source => 'slot') > 0 AS started;
+SELECT stp_wait('plain_counts');
+ALTER TABLE plain REPLICA IDENTITY DEFAULT;
+INSERT INTO plain VALUES (1, 1);
+SELECT stp_wait('plain_counts');
+SELECT state, last_error FROM stp.job_status WHERE job_name = 'plain_counts';
+
+-- Dropping the jobs drops their slots.
+SELECT stp_drop_job('plain_counts', drop_result => true);
+SELECT stp_drop_job('acct_sums', drop_result => true);
+SELECT count(*) AS slots_left FROM pg_replication_slots WHERE slot_name LIKE 'stp\_%';
