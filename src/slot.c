@@ -45,6 +45,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -107,6 +108,9 @@ typedef struct StpDecoded
 } StpDecoded;
 
 static StpDecoded *decoded = NULL;
+
+/* While a step starts decoding (see quiet_decoding_hook). */
+static bool quiet_decoding = false;
 
 /*
  * The name of a partition's slot: from the database, job and partition, so
@@ -171,9 +175,12 @@ remember_xid(TransactionId xid)
 }
 
 /*
- * Keep one decoded row.  In a new row, a TOASTed value that the UPDATE
- * left unchanged arrives as a pointer to the old value, which the old row
- * (REPLICA IDENTITY FULL logs it whole) holds.
+ * Keep one decoded row, with every value in line: the tuplestore outlives
+ * the reorder buffer's memory.  A TOASTed value that the transaction
+ * wrote arrives as an indirect pointer to the value that the reorder
+ * buffer put together, and is copied.  In a new row, a TOASTed value that
+ * the UPDATE left unchanged arrives as a pointer to the old value on disk,
+ * which the old row (REPLICA IDENTITY FULL logs it whole) holds.
  */
 static void
 keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
@@ -191,8 +198,14 @@ keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || att->attlen != -1 || nulls[i] ||
-			!VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+			!VARATT_IS_EXTERNAL(DatumGetPointer(values[i])))
 			continue;
+		if (!VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+		{
+			values[i] = PointerGetDatum(detoast_external_attr((struct varlena *)
+															  DatumGetPointer(values[i])));
+			continue;
+		}
 		if (old_tuple == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -208,6 +221,13 @@ keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
 		}
 		values[i] = old_values[i];
 		nulls[i] = old_nulls[i];
+		if (!nulls[i] && VARATT_IS_EXTERNAL(DatumGetPointer(values[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a decoded row of table %s lacks the unchanged value of column \"%s\"",
+							RelationGetRelationName(relation), NameStr(att->attname)),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
+							 RelationGetRelationName(relation))));
 	}
 	row = heap_form_tuple(desc, values, nulls);
 	tuplestore_puttuple(decoded->rows, row);
@@ -361,6 +381,7 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 void
 stp_slot_abort(void)
 {
+	quiet_decoding = false;
 	if (MyReplicationSlot != NULL)
 		ReplicationSlotRelease();
 	decoded_reset();
@@ -540,6 +561,38 @@ slot_exists(const char *name)
 }
 
 /*
+ * Decoding says at LOG where it starts, at every start: each step of every
+ * partition would write two lines to the server log.  While a step starts
+ * decoding, those two messages stay out of it; every other message,
+ * errors included, goes through.
+ */
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static bool quiet_hook_set = false;
+
+static void
+quiet_decoding_hook(ErrorData *edata)
+{
+	if (quiet_decoding && edata->elevel == LOG && edata->message != NULL &&
+		(strncmp(edata->message, "starting logical decoding for slot", 34) == 0 ||
+		 strncmp(edata->message, "logical decoding found consistent point", 39) == 0))
+		edata->output_to_server = false;
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+static void
+quiet_decoding_start(void)
+{
+	if (!quiet_hook_set)
+	{
+		prev_emit_log_hook = emit_log_hook;
+		emit_log_hook = quiet_decoding_hook;
+		quiet_hook_set = true;
+	}
+	quiet_decoding = true;
+}
+
+/*
  * One step of a slot job's partition: decode the WAL from the slot up to
  * the flushed position (or batch_size rows), then apply the touched groups
  * and the position in one transaction, and confirm the slot after it
@@ -557,7 +610,6 @@ stp_slot_step(bool *stop)
 	XLogRecPtr	upto;
 	int			nestlevel;
 	int64		rows;
-	int			quiet;
 	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
 	int			ret;
 
@@ -594,13 +646,7 @@ stp_slot_step(bool *stop)
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
 
-	/*
-	 * Decoding says at LOG where it starts, every time: each step would
-	 * write two lines to the server log.
-	 */
-	quiet = NewGUCNestLevel();
-	(void) set_config_option("log_min_messages", "warning", PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	quiet_decoding_start();
 	ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, local_wal_routine(),
 								NULL, NULL, NULL);
 	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
@@ -624,7 +670,7 @@ stp_slot_step(bool *stop)
 	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
 	FreeDecodingContext(ctx);
 	InvalidateSystemCaches();
-	AtEOXact_GUC(true, quiet);
+	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
 
 	if (decoded->nrows == 0 && !decoded->truncated)
