@@ -24,6 +24,7 @@ from drain import DrainBench                          # noqa: E402
 from workloads import make_workloads, prepare_sources  # noqa: E402
 import waits                                          # noqa: E402
 import writers                                        # noqa: E402
+import slot                                           # noqa: E402
 import report                                         # noqa: E402
 
 
@@ -176,6 +177,8 @@ def main():
         res["writer"] = writers.writer_overhead(env, args, all_w["w1"], stp_ok)
     if "freshness" in args.sections:
         res["freshness"] = writers.freshness(env, args, all_w["w1"], stp_ok)
+    if "slot" in args.sections:
+        res["slot"] = slot.run(args, stp_ok)
     res["elapsed_s"] = time.monotonic() - t_start
     info["loadavg_end"] = loadavg()
 
