@@ -88,7 +88,7 @@ def run(args, stp_ok):
 
     t0 = time.monotonic()
     n = q1(conn, "SELECT count(*) FROM pg_logical_slot_get_changes('bench_td', NULL, NULL) "
-                 "WHERE data LIKE 'table %%'")
+                 "WHERE data LIKE 'table public.slotsrc: %%'")
     secs = time.monotonic() - t0
     res["rows"].append({"who": "test_decoding, pg_logical_slot_get_changes",
                         "changes": n, "secs": secs, "check": n == changes})

@@ -112,6 +112,15 @@ SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'ba
 ALTER TABLE plain REPLICA IDENTITY FULL;
 SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad',
                      source => 'slot', partitions => 64);
+CREATE ROLE regress_stp_slot_user LOGIN;
+GRANT SELECT ON plain TO regress_stp_slot_user;
+GRANT CREATE ON SCHEMA public TO regress_stp_slot_user;
+SET ROLE regress_stp_slot_user;
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad', source => 'slot');
+RESET ROLE;
+REVOKE CREATE ON SCHEMA public FROM regress_stp_slot_user;
+REVOKE SELECT ON plain FROM regress_stp_slot_user;
+DROP ROLE regress_stp_slot_user;
 SELECT count(*) AS refused_jobs_left FROM stp.jobs WHERE job_name = 'bad';
 SELECT to_regclass('bad') IS NULL AS no_result_table;
 

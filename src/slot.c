@@ -761,6 +761,13 @@ stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 	int			free_slots = 0;
 	const char *trusted;
 
+	/* A slot keeps WAL and catalog rows: as pg_create_logical_replication_slot. */
+	if (!superuser() && !has_rolreplication(GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a job with source 'slot'"),
+				 errdetail("Each partition of the job holds a logical replication slot, which keeps WAL and old catalog rows from removal."),
+				 errhint("Create the job as a superuser or as a role with the REPLICATION attribute.")));
 	if (wal_level < WAL_LEVEL_LOGICAL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

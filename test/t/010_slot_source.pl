@@ -251,5 +251,42 @@ ok( $node->poll_query_until(
 		'postgres', "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'stp\\_%'", '0'),
 	'the jobs\' slots are dropped with them');
 
+# ---- a slot invalidated by max_slot_wal_keep_size, and the rebuild ----
+my $inv = $jobs{j1};
+$node->safe_psql('postgres',
+	"SELECT stp_start_job('jinv', \$\$$inv->{query}\$\$, 'r_jinv', source => 'slot')");
+is($node->safe_psql('postgres', "SELECT stp_wait('jinv', '60 s')"), 't', 'jinv caught up');
+$node->safe_psql('postgres', "SELECT stp_stop_job('jinv')");
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'; SELECT pg_reload_conf()");
+for (1 .. 3)
+{
+	$node->safe_psql('postgres',
+		'UPDATE acct SET v = v + 1 WHERE id % 7 = 0; SELECT pg_switch_wal()');
+}
+$node->safe_psql('postgres', 'CHECKPOINT');
+my $slot = "stp_${dboid}_" . $node->safe_psql('postgres', "SELECT job_id FROM stp.jobs WHERE job_name = 'jinv'") . '_0';
+is($node->safe_psql('postgres', "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '$slot'"),
+	'lost', 'the stopped job\'s slot was invalidated');
+$node->safe_psql('postgres', "SELECT stp_resume_job('jinv')");
+ok( $node->poll_query_until(
+		'postgres', "SELECT state = 'failed' FROM stp.job_status WHERE job_name = 'jinv'"),
+	'a job whose slot was invalidated fails');
+like($node->safe_psql('postgres', "SELECT last_error FROM stp.job_status WHERE job_name = 'jinv'"),
+	qr/replication slot "\Q$slot\E" of job "jinv" was invalidated/, 'with the reason');
+$node->safe_psql('postgres',
+	"ALTER SYSTEM RESET max_slot_wal_keep_size; SELECT pg_reload_conf()");
+$node->safe_psql('postgres', "SELECT pg_drop_replication_slot('$slot')");
+$node->safe_psql('postgres', "SELECT stp_resume_job('jinv')");
+is($node->safe_psql('postgres', "SELECT stp_wait('jinv', '60 s')"), 't',
+	'after the slot was dropped and the job resumed, it caught up');
+my ($inv_missing_in_batch, $inv_missing_in_result) =
+  StpTest::result_vs_batch_sql('r_jinv', $inv->{query}, $inv->{cols});
+is($node->safe_psql('postgres', $inv_missing_in_batch), '0',
+	'the rebuilt job has no row that is missing from the batch query');
+is($node->safe_psql('postgres', $inv_missing_in_result), '0',
+	'the rebuilt job misses no row of the batch query');
+$node->safe_psql('postgres', "SELECT stp_drop_job('jinv')");
+
 $node->stop;
 done_testing();
