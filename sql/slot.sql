@@ -133,6 +133,29 @@ INSERT INTO plain VALUES (1, 1);
 SELECT stp_wait('plain_counts');
 SELECT state, last_error FROM stp.job_status WHERE job_name = 'plain_counts';
 
+-- A column type that changes under a running job fails it, whether the
+-- job decodes rows written after the change or before it.
+CREATE TABLE alt (id int PRIMARY KEY, k int, x int);
+ALTER TABLE alt REPLICA IDENTITY FULL;
+INSERT INTO alt VALUES (1, 1, 10);
+SELECT stp_start_job('alt_live', 'SELECT k, sum(x) AS s FROM alt GROUP BY k', 'alt_live',
+                     source => 'slot') > 0 AS started;
+SELECT stp_start_job('alt_lag', 'SELECT k, count(*) AS n FROM alt GROUP BY k', 'alt_lag',
+                     source => 'slot') > 0 AS started;
+SELECT stp_wait('alt_live'), stp_wait('alt_lag');
+SELECT stp_stop_job('alt_lag');
+INSERT INTO alt VALUES (2, 1, 20);
+SELECT stp_wait('alt_live');
+ALTER TABLE alt ALTER x TYPE numeric;
+INSERT INTO alt VALUES (3, 1, 30);
+SELECT stp_resume_job('alt_lag');
+SELECT stp_wait('alt_live');
+SELECT stp_wait('alt_lag');
+SELECT job_name, state, last_error FROM stp.job_status WHERE job_name LIKE 'alt%' ORDER BY 1;
+SELECT * FROM alt_live;
+SELECT stp_drop_job('alt_live', drop_result => true);
+SELECT stp_drop_job('alt_lag', drop_result => true);
+
 -- Dropping the jobs drops their slots.
 SELECT stp_drop_job('plain_counts', drop_result => true);
 SELECT stp_drop_job('acct_sums', drop_result => true);

@@ -420,7 +420,7 @@ stp_worker_step(bool *stop)
 	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	/* A slot job decodes its source's changes instead (slot.c). */
-	if (stp_worker.def->slot_source)
+	if (stp_worker.def->slot_source && !stp_worker.def->restored)
 		return stp_slot_step(stop);
 
 	started = GetCurrentTimestamp();
@@ -451,6 +451,16 @@ stp_worker_step(bool *stop)
 		ereport(LOG,
 				(errmsg("stp job \"%s\" partition %d: its restore is complete, the job runs",
 						stp_worker.def->job_name, stp_worker.args.partition)));
+	}
+
+	/* A restored slot job's first step, once its restore is complete. */
+	if (stp_worker.def->slot_source)
+	{
+		SPI_finish();
+		AtEOXact_GUC(true, nestlevel);
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
+		return stp_slot_step(stop);
 	}
 
 	if (stp_worker.offset >= stp_worker.safe_upto)

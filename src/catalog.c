@@ -465,14 +465,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 		def->restored = isnull ||
 			strcmp(TextDatumGetCString(d), stp_job_origin(def->source)) != 0;
 
-	/*
-	 * A slot job rebuilds its result from the source whenever its slot is
-	 * missing, as after a restore, so it needs no check that the restore
-	 * is complete.
-	 */
 	def->slot_source = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
-	if (def->slot_source)
-		def->restored = false;
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

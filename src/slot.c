@@ -48,6 +48,7 @@
 #include "access/detoast.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
@@ -105,6 +106,10 @@ typedef struct StpDecoded
 	TransactionId *xids;		/* the transactions that changed it */
 	int			nxids;
 	int			maxxids;
+	int			natts;			/* the source's columns at the step's start */
+	Oid		   *atttypes;		/* ... their types, InvalidOid if dropped */
+	int32	   *atttypmods;
+	bool		altered;		/* a decoded row has other column types */
 } StpDecoded;
 
 static StpDecoded *decoded = NULL;
@@ -235,6 +240,27 @@ keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
 }
 
 /*
+ * Do rows of descriptor desc have the column types that the source had at
+ * the step's start?  A row that a transaction wrote before an ALTER
+ * COLUMN ... TYPE must not be read as a row of the new type.  Dropped
+ * columns and columns added later do not matter.
+ */
+static bool
+same_column_types(TupleDesc desc)
+{
+	for (int i = 0; i < desc->natts && i < decoded->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || !OidIsValid(decoded->atttypes[i]))
+			continue;
+		if (att->atttypid != decoded->atttypes[i] || att->atttypmod != decoded->atttypmods[i])
+			return false;
+	}
+	return true;
+}
+
+/*
  * Keep the old and new rows of a change to the job's source; drop every
  * other change at once, and those of transactions already applied.
  */
@@ -249,6 +275,11 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		txn->end_lsn <= decoded->skip_upto)
 		return;
 
+	if (!same_column_types(RelationGetDescr(relation)))
+	{
+		decoded->altered = true;
+		return;
+	}
 	if (change->data.tp.newtuple)
 		newtup = &change->data.tp.newtuple->tuple;
 	if (change->data.tp.oldtuple)
@@ -326,6 +357,12 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 	if (decoded == NULL || decoded->rows == NULL ||
 		rsinfo->setDesc->tdtypeid != get_rel_type_id(decoded->relid))
 		return (Datum) 0;
+	if (!same_column_types(rsinfo->setDesc))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the column types of source %s changed while the job decoded its changes",
+						stp_qualified_relname(decoded->relid)),
+				 errhint("Drop the job and create it again.")));
 
 	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsMinimalTuple);
 	tuplestore_rescan(decoded->rows);
@@ -370,6 +407,30 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 	decoded->skip_upto = skip_upto;
 	decoded->rows = tuplestore_begin_heap(false, true, work_mem);
 	tuplestore_set_eflags(decoded->rows, EXEC_FLAG_REWIND);
+
+	/* The source's column types now, outside any historic snapshot. */
+	{
+		Relation	rel = try_relation_open(relid, AccessShareLock);
+		TupleDesc	desc;
+
+		if (rel == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the source table of job \"%s\" was dropped",
+							stp_worker.def->job_name)));
+		desc = RelationGetDescr(rel);
+		decoded->natts = desc->natts;
+		decoded->atttypes = palloc(sizeof(Oid) * Max(desc->natts, 1));
+		decoded->atttypmods = palloc(sizeof(int32) * Max(desc->natts, 1));
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			decoded->atttypes[i] = att->attisdropped ? InvalidOid : att->atttypid;
+			decoded->atttypmods[i] = att->atttypmod;
+		}
+		relation_close(rel, NoLock);
+	}
 	MemoryContextSwitchTo(old);
 }
 
@@ -643,6 +704,14 @@ stp_slot_step(bool *stop)
 						 name, stp_worker.def->job_name)));
 
 	pgstat_report_activity(STATE_RUNNING, "stp: decoding");
+
+	/*
+	 * The end first, then the source's column types (decoded_begin locks
+	 * the source until the batch commits): every row up to the end was
+	 * written before the types were read, so a row of the types before an
+	 * ALTER is told from a row of the types after it.
+	 */
+	end = GetFlushRecPtr(NULL);
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
 
@@ -651,7 +720,6 @@ stp_slot_step(bool *stop)
 								NULL, NULL, NULL);
 	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
 	InvalidateSystemCaches();
-	end = GetFlushRecPtr(NULL);
 	while (ctx->reader->EndRecPtr < end)
 	{
 		XLogRecord *record;
@@ -672,6 +740,14 @@ stp_slot_step(bool *stop)
 	InvalidateSystemCaches();
 	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
+
+	if (decoded->altered)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the column types of source %s changed after job \"%s\" was created",
+						stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+				 errdetail("The WAL holds rows of the source with other column types than it has now."),
+				 errhint("Drop the job and create it again.")));
 
 	if (decoded->nrows == 0 && !decoded->truncated)
 	{
