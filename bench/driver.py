@@ -179,6 +179,8 @@ def main():
         res["freshness"] = writers.freshness(env, args, all_w["w1"], stp_ok)
     if "slot" in args.sections:
         res["slot"] = slot.run(args, stp_ok)
+        res["slot"]["writer"] = slot.writer_overhead(env, args, all_w["w1"], stp_ok)
+        res["slot"]["freshness"] = slot.freshness(env, args, all_w["w1"], stp_ok)
     res["elapsed_s"] = time.monotonic() - t_start
     info["loadavg_end"] = loadavg()
 

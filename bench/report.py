@@ -256,6 +256,23 @@ def slot_section(res):
              "ok" if r["check"] else "FAILED"] for r in sl["rows"]]
     out.append(table(["contender", "changes", "s", "changes/s",
                       "vs test_decoding", "check"], rows, left=1))
+    wr = sl.get("writer")
+    if wr and wr.get("no job"):
+        base = sorted(wr["no job"])[len(wr["no job"]) // 2]
+        rows = []
+        for v in ("no job", "slot job, 1 partition"):
+            if wr.get(v):
+                tps = sorted(wr[v])[len(wr[v]) // 2]
+                rows.append([v, fnum(tps), "%.3f" % (tps / base) if base else "-"])
+        out += ["", "Writers: pgbench, 4 clients, single-row INSERTs into a "
+                "REPLICA IDENTITY FULL table (result %s)." % ("checked: ok" if wr["check"] else "check FAILED"), "",
+                table(["writers", "TPS", "vs no job"], rows, left=1)]
+    fr = sl.get("freshness")
+    if fr and fr.get("p99_ms") is not None:
+        out += ["", "Freshness of a slot job at %s rows/s (achieved %s): p50 %.1f ms, "
+                "p90 %.1f ms, p99 %.1f ms, %s of %s markers seen."
+                % (fnum(fr["target_rows_per_s"]), fnum(fr["achieved_rows_per_s"]),
+                   fr["p50_ms"], fr["p90_ms"], fr["p99_ms"], fr["seen"], fr["markers"])]
     return "\n".join(out)
 
 

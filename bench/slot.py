@@ -1,4 +1,5 @@
-"""The slot section of the stp benchmark: decoding throughput of slot jobs.
+"""The slot section of the stp benchmark: slot jobs' decoding throughput,
+writer overhead and freshness.
 
 A table with REPLICA IDENTITY FULL takes single-row transactions: N
 inserts, then updates of 20% and deletes of 10% of the rows (1,000,000
@@ -11,6 +12,11 @@ writes, each contender decodes the same WAL in turn, measured side by side
 in one run: the SQL functions as one statement each, the stp jobs from
 stp_resume_job until CALL stp_await returns.  Each stp result is checked
 against the batch query.
+
+Then, as for table jobs: pgbench single-row inserts (4 clients) into a
+REPLICA IDENTITY FULL table without a job and with a slot job of 1
+partition, and the commit-to-visible latency of marker rows at 5,000
+rows/s.
 """
 
 import time
@@ -121,3 +127,70 @@ def run(args, stp_ok):
                "" if r["check"] else " (CHECK FAILED)"))
     conn.close()
     return res
+
+
+def writer_overhead(env, args, w, stp_ok):
+    """pgbench single-row inserts into a REPLICA IDENTITY FULL table, with
+    no job and with a running slot job of 1 partition, interleaved."""
+    from common import pgbench_finish
+    from workloads import create_source
+    script = env.write_script("slot_writer.sql", (
+        "\\set k random(1, %d)\n"
+        "INSERT INTO events_sw (ts, key, v) VALUES (now(), :k, random() * 1000);\n"
+        % w.keys))
+    conn = connect()
+    out = {"no job": [], "slot job, 1 partition": [], "check": True}
+    for _ in range(args.runs):
+        for variant in ("no job", "slot job, 1 partition"):
+            if stp_ok:
+                q(conn, "SELECT stp_drop_job(job_name, true) FROM stp.jobs "
+                        "WHERE job_name = 'bench_slot_w'")
+            create_source(conn, "events_sw")
+            q(conn, "ALTER TABLE events_sw REPLICA IDENTITY FULL")
+            if variant != "no job":
+                if not stp_ok:
+                    continue
+                q(conn, "SELECT stp_start_job('bench_slot_w', %s, 'bench_slot_wr', "
+                        "source => 'slot')", (w.query(table="events_sw"),))
+                q(conn, "CALL stp_await('bench_slot_w', '1 min')")
+            q(conn, "CHECKPOINT")
+            pb = pgbench_finish(env.pgbench_start(script, 4, 2, args.pgbench_secs))
+            out[variant].append(pb["tps"])
+            if variant != "no job":
+                q(conn, "CALL stp_await('bench_slot_w', '5 min')")
+                n = q1(conn, "SELECT count(*) FROM events_sw")
+                got = q1(conn, "SELECT coalesce(sum(cnt), 0) FROM bench_slot_wr")
+                out["check"] = out["check"] and int(n) == int(got)
+                q(conn, "SELECT stp_drop_job('bench_slot_w', true)")
+            log("slot writer %-22s %9.0f tps" % (variant, pb["tps"] or 0))
+    q(conn, "DROP TABLE IF EXISTS events_sw CASCADE")
+    conn.close()
+    return out
+
+
+def freshness(env, args, w, stp_ok, rate=5000):
+    """Commit-to-visible latency of a slot job's result at rate rows/s."""
+    from workloads import create_source
+    from writers import run_freshness, FRESH_ROWS_PER_XACT
+    script = env.write_script("slot_fresh.sql", (
+        "INSERT INTO events_f (ts, key, v) SELECT now(), "
+        "1 + floor(random() * %d)::int, random() * 1000 "
+        "FROM generate_series(1, %d);\n" % (w.keys, FRESH_ROWS_PER_XACT)))
+    rec = {"errors": []}
+    if not stp_ok:
+        return rec
+    conn = connect()
+    q(conn, "DROP TABLE IF EXISTS bench_fresh_r")
+    create_source(conn, "events_f")
+    q(conn, "ALTER TABLE events_f REPLICA IDENTITY FULL")
+    q(conn, "SELECT stp_start_job('bench_fresh', %s, 'bench_fresh_r', source => 'slot')",
+      (w.query(table="events_f"),))
+    q(conn, "CALL stp_await('bench_fresh', '1 min')")
+    try:
+        run_freshness(env, args, conn, script, rate, "slot1", rec)
+    except Exception as e:
+        rec["errors"].append(str(e).strip())
+    q(conn, "SELECT stp_drop_job('bench_fresh', true)")
+    q(conn, "DROP TABLE IF EXISTS events_f CASCADE")
+    conn.close()
+    return rec

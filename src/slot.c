@@ -604,9 +604,9 @@ create_slot(const char *name, bool *stop)
 }
 
 /*
- * Is the slot there?  A slot left by an earlier life of the partition with
- * no progress stored (a crash between making it persistent and ... cannot
- * happen, but a hand-made one can) is dropped, and built again.
+ * Does a slot of this name exist?  stp_slot_step creates a missing one;
+ * one that exists while the partition has no progress stored (made by
+ * hand under stp's name) is dropped and made again.
  */
 static bool
 slot_exists(const char *name)
@@ -651,6 +651,22 @@ quiet_decoding_start(void)
 		quiet_hook_set = true;
 	}
 	quiet_decoding = true;
+}
+
+/*
+ * Is a process using the slot?
+ */
+static bool
+slot_active(const char *name)
+{
+	ReplicationSlot *s;
+	bool		active;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(name, false);
+	active = (s != NULL && s->active_pid != 0);
+	LWLockRelease(ReplicationSlotControlLock);
+	return active;
 }
 
 /*
@@ -932,32 +948,35 @@ stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 /*
  * Drop this database's stp slots that belong to no partition of a slot
  * job: those of dropped jobs whose workers had not let go of them yet,
- * and those left behind by a DROP EXTENSION.  Slots in use are left for a
- * later round.  The caller is connected to SPI, in a transaction.
+ * and those left behind by a DROP EXTENSION.  Returns true if such a slot
+ * was still in use (its worker is on its way out), for a later round.
+ * The caller is connected to SPI, in a transaction.
  */
-void
+bool
 stp_drop_orphan_slots(void)
 {
+	bool		busy = false;
+
 	char		prefix[NAMEDATALEN];
 	List	   *names = NIL;
 	ListCell   *lc;
 	bool		has_catalog;
 
 	if (max_replication_slots == 0)
-		return;
+		return false;
 	snprintf(prefix, sizeof(prefix), "stp_%u_", MyDatabaseId);
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	for (int i = 0; i < max_replication_slots; i++)
 	{
 		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
 
-		if (s->in_use && s->active_pid == 0 && s->data.database == MyDatabaseId &&
+		if (s->in_use && s->data.database == MyDatabaseId &&
 			strncmp(NameStr(s->data.name), prefix, strlen(prefix)) == 0)
 			names = lappend(names, pstrdup(NameStr(s->data.name)));
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 	if (names == NIL)
-		return;
+		return false;
 
 	has_catalog = OidIsValid(get_extension_oid("stp", true)) &&
 		stp_catalog_has_column("jobs", "source_kind");
@@ -984,10 +1003,16 @@ stp_drop_orphan_slots(void)
 		}
 		if (keep || !slot_exists(name))
 			continue;
+		if (slot_active(name))
+		{
+			busy = true;
+			continue;
+		}
 		ereport(LOG,
 				(errmsg("stp drops replication slot \"%s\", which belongs to no job", name)));
 		ReplicationSlotDrop(name, true);
 	}
+	return busy;
 }
 
 /*

@@ -330,7 +330,7 @@ extern void stp_reassign_or_drop_owned(List *roles, struct RoleSpec *newrole);
 extern void stp_slot_name(char *name, Oid dboid, int32 job_id, int32 partition);
 extern void stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 								  const char *order_column, const char *start_from);
-extern void stp_drop_orphan_slots(void);
+extern bool stp_drop_orphan_slots(void);
 extern void stp_drop_job_slots(int32 job_id, int32 partitions);
 extern uint64 stp_slot_confirmed(int32 job_id, int32 partition);
 

@@ -16,7 +16,8 @@
 # more than logical_decoding_work_mem (64kB here) holds, and must spill.
 # Once the writers stop and the jobs caught up, every result table equals
 # its query as a batch SELECT.  A slot that belongs to no job is dropped
-# by the starter, and the jobs' slots go with the jobs.
+# by the starter, and the jobs' slots go with the jobs, or with DROP
+# EXTENSION.
 
 use strict;
 use warnings;
@@ -287,6 +288,15 @@ is($node->safe_psql('postgres', $inv_missing_in_batch), '0',
 is($node->safe_psql('postgres', $inv_missing_in_result), '0',
 	'the rebuilt job misses no row of the batch query');
 $node->safe_psql('postgres', "SELECT stp_drop_job('jinv')");
+
+# ---- DROP EXTENSION: the starter drops the slots its jobs leave ----
+$node->safe_psql('postgres',
+	"SELECT stp_start_job('jext', \$\$$inv->{query}\$\$, 'r_jext', partitions => 2, source => 'slot')");
+is($node->safe_psql('postgres', "SELECT stp_wait('jext', '60 s')"), 't', 'jext caught up');
+$node->safe_psql('postgres', 'DROP EXTENSION stp');
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'stp\\_%'", '0'),
+	'after DROP EXTENSION, the jobs\' slots are dropped');
 
 $node->stop;
 done_testing();
