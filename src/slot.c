@@ -118,6 +118,15 @@ static StpDecoded *decoded = NULL;
 static bool quiet_decoding = false;
 
 /*
+ * The worker's decoding context, kept from step to step with its slot
+ * acquired, as a walsender keeps it: each step reads on from where the
+ * last one stopped, instead of decoding again from the slot's restart
+ * position.  It is dropped after an error, since the rows it decoded in
+ * that step were lost with the step.
+ */
+static LogicalDecodingContext *decoding = NULL;
+
+/*
  * The name of a partition's slot: from the database, job and partition, so
  * that stp finds its slots again after a crash, and only its own.
  */
@@ -435,6 +444,31 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 }
 
 /*
+ * Forget the decoding context and release the slot.  After an error
+ * (clean = false) the context may be in the middle of a transaction's
+ * replay: its memory is dropped without its callbacks, its WAL segment
+ * closed; the spill files it left are removed by the next context on
+ * the slot.
+ */
+static void
+decoding_end(bool clean)
+{
+	if (decoding != NULL)
+	{
+		if (clean)
+			FreeDecodingContext(decoding);
+		else
+		{
+			XLogReaderFree(decoding->reader);
+			MemoryContextDelete(decoding->context);
+		}
+		decoding = NULL;
+	}
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+}
+
+/*
  * After an error in a step: release the slot (an ephemeral one, not yet
  * built, is dropped) and forget the decoded rows.  Called by worker.c
  * after it aborted the transaction.
@@ -443,8 +477,7 @@ void
 stp_slot_abort(void)
 {
 	quiet_decoding = false;
-	if (MyReplicationSlot != NULL)
-		ReplicationSlotRelease();
+	decoding_end(false);
 	decoded_reset();
 }
 
@@ -548,6 +581,7 @@ create_slot(const char *name, bool *stop)
 	int			nestlevel;
 	int64		groups;
 
+	decoding_end(true);
 	pgstat_report_activity(STATE_RUNNING, "stp: creating the partition's replication slot");
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -709,7 +743,8 @@ stp_slot_step(bool *stop)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	MemoryContextSwitchTo(caller_ctx);
-	ReplicationSlotAcquire(name, true);
+	if (decoding == NULL)
+		ReplicationSlotAcquire(name, true);
 	if (XLogRecPtrIsInvalid(MyReplicationSlot->data.restart_lsn))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -731,17 +766,33 @@ stp_slot_step(bool *stop)
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
 
+	if (decoding == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		quiet_decoding_start();
+		decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, local_wal_routine(),
+										 NULL, NULL, NULL);
+		MemoryContextSwitchTo(old);
+		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	}
+	ctx = decoding;
 	quiet_decoding_start();
-	ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, local_wal_routine(),
-								NULL, NULL, NULL);
-	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
 	InvalidateSystemCaches();
 	while (ctx->reader->EndRecPtr < end)
 	{
 		XLogRecord *record;
 		char	   *errm = NULL;
 
+		/*
+		 * The reader allocates its decode and record buffers when it
+		 * first needs them, and keeps them: in the context's memory, which
+		 * outlives the step.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(ctx->context);
+
 		record = XLogReadRecord(ctx->reader, &errm);
+		MemoryContextSwitchTo(old);
 		if (errm)
 			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
 		if (record != NULL)
@@ -752,7 +803,6 @@ stp_slot_step(bool *stop)
 	}
 	CurrentResourceOwner = owner;
 	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
-	FreeDecodingContext(ctx);
 	InvalidateSystemCaches();
 	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
@@ -776,7 +826,6 @@ stp_slot_step(bool *stop)
 		MemoryContextSwitchTo(caller_ctx);
 		if (upto > MyReplicationSlot->data.confirmed_flush)
 			LogicalConfirmReceivedLocation(upto);
-		ReplicationSlotRelease();
 		decoded_reset();
 		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -799,7 +848,7 @@ stp_slot_step(bool *stop)
 		SPI_finish();
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(caller_ctx);
-		ReplicationSlotRelease();
+		decoding_end(false);
 		decoded_reset();
 		*stop = true;
 		return false;
@@ -827,7 +876,6 @@ stp_slot_step(bool *stop)
 
 	/* Only now may the slot forget what the batch applied. */
 	LogicalConfirmReceivedLocation(upto);
-	ReplicationSlotRelease();
 	decoded_reset();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
