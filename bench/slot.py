@@ -14,7 +14,8 @@ stp_resume_job until CALL stp_await returns.  Each stp result is checked
 against the batch query.
 
 Then, as for table jobs: pgbench single-row inserts (4 clients) into a
-REPLICA IDENTITY FULL table without a job and with a slot job of 1
+REPLICA IDENTITY FULL table with an index on the group key (which a slot
+job reads each touched group by), without a job and with a slot job of 1
 partition, and the commit-to-visible latency of marker rows at 5,000
 rows/s.
 """
@@ -147,6 +148,8 @@ def writer_overhead(env, args, w, stp_ok):
                         "WHERE job_name = 'bench_slot_w'")
             create_source(conn, "events_sw")
             q(conn, "ALTER TABLE events_sw REPLICA IDENTITY FULL")
+            # A slot job reads each touched group again: by this index.
+            q(conn, "CREATE INDEX ON events_sw (key)")
             if variant != "no job":
                 if not stp_ok:
                     continue
@@ -183,6 +186,7 @@ def freshness(env, args, w, stp_ok, rate=5000):
     q(conn, "DROP TABLE IF EXISTS bench_fresh_r")
     create_source(conn, "events_f")
     q(conn, "ALTER TABLE events_f REPLICA IDENTITY FULL")
+    q(conn, "CREATE INDEX ON events_f (key)")
     q(conn, "SELECT stp_start_job('bench_fresh', %s, 'bench_fresh_r', source => 'slot')",
       (w.query(table="events_f"),))
     q(conn, "CALL stp_await('bench_fresh', '1 min')")
