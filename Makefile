@@ -22,14 +22,15 @@ OBJS = \
 	src/restore.o \
 	src/wait.o \
 	src/leaves.o \
-	src/resize.o
+	src/resize.o \
+	src/slot.o
 
 EXTENSION = stp
 DATA = stp--1.0.sql stp--1.1.sql stp--1.2.sql stp--1.0--1.1.sql stp--1.1--1.2.sql
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 
-REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct leaves resize hop sketches
+REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct leaves resize hop sketches slot
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
 ISOLATION = out_of_order blocked
@@ -41,6 +42,14 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# A server that only loads trusted output plugins (a setting that this
+# machine's PostgreSQL build has and upstream's has not) must trust stp's,
+# which the slot jobs' workers decode with.
+ifneq ($(shell $(bindir)/postgres --describe-config 2>/dev/null | grep -c '^output_plugin_libraries'),0)
+REGRESS_OPTS += --temp-config=$(srcdir)/test/stp-plugins.conf
+ISOLATION_OPTS += --temp-config=$(srcdir)/test/stp-plugins.conf
+endif
 
 # pg_regress looks for isolation specs under specs/ by default
 ISOLATION_OPTS += --inputdir=$(srcdir)/test

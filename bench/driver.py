@@ -25,6 +25,7 @@ from workloads import make_workloads, prepare_sources  # noqa: E402
 import shapes                                         # noqa: E402
 import waits                                          # noqa: E402
 import writers                                        # noqa: E402
+import slot                                           # noqa: E402
 import report                                         # noqa: E402
 
 
@@ -179,6 +180,10 @@ def main():
         res["writer"] = writers.writer_overhead(env, args, all_w["w1"], stp_ok)
     if "freshness" in args.sections:
         res["freshness"] = writers.freshness(env, args, all_w["w1"], stp_ok)
+    if "slot" in args.sections:
+        res["slot"] = slot.run(args, stp_ok)
+        res["slot"]["writer"] = slot.writer_overhead(env, args, all_w["w1"], stp_ok)
+        res["slot"]["freshness"] = slot.freshness(env, args, all_w["w1"], stp_ok)
     res["elapsed_s"] = time.monotonic() - t_start
     info["loadavg_end"] = loadavg()
 

@@ -257,6 +257,53 @@ def shapes_section(res):
     return "\n".join(out)
 
 
+def slot_section(res):
+    sl = res.get("slot")
+    if not sl:
+        return ""
+    out = ["## Slot jobs: decoding the same WAL", ""]
+    if sl.get("error"):
+        return "\n".join(out + ["Not measured: %s." % sl["error"]])
+    out.append("`slotsrc` (REPLICA IDENTITY FULL) took %s single-row "
+               "transactions: %s inserts, then %s updates and %s deletes "
+               "(%s bytes of WAL, written in %.1f s).  Each contender then "
+               "decoded that WAL in turn: the SQL functions in one call, "
+               "the stp slot jobs (`%s`) from `stp_resume_job` until `CALL "
+               "stp_await` returned, their result checked against the "
+               "batch query." % (fnum(sl["changes"]), fnum(sl["inserts"]),
+                                 fnum(sl["inserts"] // 5),
+                                 fnum(sl["inserts"] // 10),
+                                 fnum(sl["wal_bytes"]), sl["write_s"],
+                                 "SELECT key, count(*), sum(v) GROUP BY key"))
+    out.append("")
+    base = next((r["per_s"] for r in sl["rows"]
+                 if r["who"].startswith("test_decoding")), None)
+    rows = [[r["who"], fnum(r["changes"]), "%.2f" % r["secs"],
+             fnum(r["per_s"]),
+             "%.2f" % (r["per_s"] / base) if r["per_s"] and base else "-",
+             "ok" if r["check"] else "FAILED"] for r in sl["rows"]]
+    out.append(table(["contender", "changes", "s", "changes/s",
+                      "vs test_decoding", "check"], rows, left=1))
+    wr = sl.get("writer")
+    if wr and wr.get("no job"):
+        base = sorted(wr["no job"])[len(wr["no job"]) // 2]
+        rows = []
+        for v in ("no job", "slot job, 1 partition"):
+            if wr.get(v):
+                tps = sorted(wr[v])[len(wr[v]) // 2]
+                rows.append([v, fnum(tps), "%.3f" % (tps / base) if base else "-"])
+        out += ["", "Writers: pgbench, 4 clients, single-row INSERTs into a "
+                "REPLICA IDENTITY FULL table (result %s)." % ("checked: ok" if wr["check"] else "check FAILED"), "",
+                table(["writers", "TPS", "vs no job"], rows, left=1)]
+    fr = sl.get("freshness")
+    if fr and fr.get("p99_ms") is not None:
+        out += ["", "Freshness of a slot job at %s rows/s (achieved %s): p50 %.1f ms, "
+                "p90 %.1f ms, p99 %.1f ms, %s of %s markers seen."
+                % (fnum(fr["target_rows_per_s"]), fnum(fr["achieved_rows_per_s"]),
+                   fr["p50_ms"], fr["p90_ms"], fr["p99_ms"], fr["seen"], fr["markers"])]
+    return "\n".join(out)
+
+
 def errors_section(res):
     errs = []
     for wname, recs in (res.get("drain") or {}).items():
@@ -276,7 +323,7 @@ def errors_section(res):
 def render(res, plots):
     parts = [header(res), drain_section(res), memory_section(res),
              wait_section(res), shapes_section(res), writer_section(res),
-             freshness_section(res), errors_section(res)]
+             freshness_section(res), slot_section(res), errors_section(res)]
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(
             "![%s](%s)" % (p, p) for p in plots))

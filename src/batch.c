@@ -203,7 +203,9 @@ static void
 prepare_batch_plan(StpJobDef *def)
 {
 	Oid			types[2] = {INT8OID, INT8OID};
-	char	   *sql = stp_batch_sql(def, stp_worker.args.partition);
+	char	   *sql = def->slot_source ?
+		stp_slot_batch_sql(def, stp_worker.args.partition) :
+		stp_batch_sql(def, stp_worker.args.partition);
 	SPIPlanPtr	plan;
 	MemoryContext old;
 	ListCell   *lc;
@@ -297,6 +299,21 @@ guard_tables(void)
 	if (strcmp(stp_source_names(def, stp_worker.args.partition), stp_worker.source_name) != 0 ||
 		strcmp(stp_qualified_relname(def->result), stp_worker.result_name) != 0)
 		prepare_batch_plan(def);
+}
+
+/*
+ * guard_tables and check_job_relations, for a slot job's step (slot.c).
+ */
+void
+stp_guard_tables(void)
+{
+	guard_tables();
+}
+
+void
+stp_check_job_relations(void)
+{
+	check_job_relations();
 }
 
 /*
@@ -500,6 +517,10 @@ stp_worker_step(bool *stop)
 		return false;
 	}
 
+	/* A slot job decodes its source's changes instead (slot.c). */
+	if (stp_worker.def->slot_source && !stp_worker.def->restored)
+		return stp_slot_step(stop);
+
 	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -528,6 +549,16 @@ stp_worker_step(bool *stop)
 		ereport(LOG,
 				(errmsg("stp job \"%s\" partition %d: its restore is complete, the job runs",
 						stp_worker.def->job_name, stp_worker.args.partition)));
+	}
+
+	/* A restored slot job's first step, once its restore is complete. */
+	if (stp_worker.def->slot_source)
+	{
+		SPI_finish();
+		AtEOXact_GUC(true, nestlevel);
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
+		return stp_slot_step(stop);
 	}
 
 	if (stp_worker.offset >= stp_worker.safe_upto)

@@ -398,6 +398,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	int			ret;
 	bool		has_origin = stp_catalog_has_column("jobs", "origin");
 	bool		has_leaves = stp_catalog_has_column("jobs", "leaves");
+	bool		has_source_kind = stp_catalog_has_column("jobs", "source_kind");
 
 	/*
 	 * A catalog of version 1.0 has no settings, agg_filters or origin
@@ -408,7 +409,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s, %s, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
@@ -416,7 +417,9 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   "agg_filters" : "NULL::pg_catalog.text[]",
 				   has_origin ? "origin" : "NULL::pg_catalog.text",
 				   has_leaves ? "leaves::pg_catalog.oid[]" : "NULL::pg_catalog.oid[]",
-				   has_leaves ? "resize_to" : "NULL::pg_catalog.int4");
+				   has_leaves ? "resize_to" : "NULL::pg_catalog.int4",
+				   has_source_kind ?
+				   "source_kind OPERATOR(pg_catalog.=) 'slot'" : "false");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -481,6 +484,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	}
 	d = SPI_getbinval(tup, desc, 22, &isnull);
 	def->resize_to = isnull ? 0 : DatumGetInt32(d);
+	def->slot_source = DatumGetBool(SPI_getbinval(tup, desc, 23, &isnull));
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

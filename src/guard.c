@@ -177,6 +177,25 @@ stp_check_job_tables(StpJobDef *def, int64 progress)
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)))
 		return psprintf("the result table of job \"%s\" was dropped", def->job_name);
 
+	/*
+	 * A slot job reads no order column; it needs the old row of every
+	 * UPDATE and DELETE to find the groups they change.
+	 */
+	if (def->slot_source)
+	{
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(def->source));
+		if (!HeapTupleIsValid(tup))
+			return psprintf("the source table of job \"%s\" was dropped", def->job_name);
+		if (((Form_pg_class) GETSTRUCT(tup))->relreplident != REPLICA_IDENTITY_FULL)
+		{
+			ReleaseSysCache(tup);
+			return psprintf("source %s no longer has REPLICA IDENTITY FULL: its UPDATE and DELETE records lack the old rows",
+							srcname);
+		}
+		ReleaseSysCache(tup);
+		return NULL;
+	}
+
 	attnum = get_attnum(def->source, def->order_column);
 	if (attnum == InvalidAttrNumber)
 		return psprintf("order column \"%s\" of source %s no longer exists",
@@ -455,6 +474,9 @@ stp_check_noted_relations(void)
 			continue;
 		for (int i = 0; i < n && reason == NULL; i++)
 		{
+			/* A slot job decodes a TRUNCATE of its source and rebuilds. */
+			if (truncated[i] && relids[i] == def->source && def->slot_source)
+				continue;
 			if (truncated[i] && (relids[i] == def->source || relids[i] == def->result))
 				reason = psprintf("table %s was truncated; the result table no longer matches the job's query",
 								  get_rel_name(relids[i]));
@@ -467,7 +489,7 @@ stp_check_noted_relations(void)
 		}
 		if (reason == NULL)
 			reason = stp_check_job_tables(def, progress[j]);
-		if (reason == NULL)
+		if (reason == NULL && !def->slot_source)
 			reason = sequence_set_back(def->sequence);
 		if (reason)
 			fail_job(def->job_id, reason);

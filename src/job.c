@@ -370,6 +370,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	StpShape   *shape;
 	Oid			view_relid = InvalidOid;
+	char	   *source_kind = "table";
 
 	stp_check_not_null(fcinfo, 0, "job_name");
 	stp_check_not_null(fcinfo, 1, "query");
@@ -388,6 +389,18 @@ stp_start_job(PG_FUNCTION_ARGS)
 	start_from = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	def.batch_size = PG_GETARG_INT32(6);
 	poll_ms = stp_interval_ms(PG_GETARG_INTERVAL_P(7), "poll_interval");
+	/* The 1.0 and 1.1 catalogs declare no source argument. */
+	if (PG_NARGS() > 8)
+	{
+		stp_check_not_null(fcinfo, 8, "source");
+		source_kind = text_to_cstring(PG_GETARG_TEXT_PP(8));
+	}
+	if (strcmp(source_kind, "table") != 0 && strcmp(source_kind, "slot") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid source \"%s\"", source_kind),
+				 errhint("Use 'table' to read new rows of an append-only table, or 'slot' to decode its INSERT, UPDATE and DELETE from logical replication slots.")));
+	def.slot_source = (strcmp(source_kind, "slot") == 0);
 
 	if (strlen(job_name) == 0 || strlen(job_name) >= NAMEDATALEN)
 		ereport(ERROR,
@@ -456,8 +469,17 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errdetail("A crash empties an unlogged table and resets its sequence, while the result table and the job's progress keep what was counted."),
 				 errhint("Run ALTER TABLE %s SET LOGGED.", stp_qualified_relname(def.source))));
 
-	start_offset = find_order_column(&def, order_column);
-	if (strcmp(start_from, "now") == 0)
+	if (def.slot_source)
+	{
+		/* processed_upto 0: the partition builds its groups first. */
+		stp_check_slot_source(def.source, shape, &def, order_column, start_from);
+		def.order_column = "";
+		def.sequence = InvalidOid;
+		start_offset = 0;
+	}
+	else
+		start_offset = find_order_column(&def, order_column);
+	if (strcmp(start_from, "now") == 0 && !def.slot_source)
 	{
 		bool		is_called;
 		int64		last = stp_sequence_last_value(def.sequence, &is_called);
@@ -521,7 +543,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 	/* The batch statement must prepare, or the job could never run. */
 	{
 		Oid			types[2] = {INT8OID, INT8OID};
-		SPIPlanPtr	plan = SPI_prepare(stp_batch_sql(&def, 0), 2, types);
+		SPIPlanPtr	plan = SPI_prepare(def.slot_source ? stp_slot_batch_sql(&def, 0) :
+									   stp_batch_sql(&def, 0), 2, types);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the job's batch statement: %s",
@@ -626,6 +649,11 @@ stp_start_job(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not insert into stp.partitions");
 		if (def.leaves != NIL)
 			record_leaves(job_id, def.leaves);
+		if (def.slot_source &&
+			stp_catalog_exec("UPDATE stp.jobs SET source_kind = 'slot' "
+							 "WHERE job_id OPERATOR(pg_catalog.=) $1",
+							 1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record the job's source");
 	}
 
 	AtEOXact_GUC(true, save_nestlevel);
@@ -766,5 +794,17 @@ stp_drop_job(PG_FUNCTION_ARGS)
 
 	stop_workers(job->job_id);
 	stp_forget_job(MyDatabaseId, job->job_id);
+
+	/*
+	 * A slot job's slots go with it.  Dropping a slot cannot be rolled
+	 * back; if this transaction is, the job's workers build their groups
+	 * again on new slots.  A slot still held by a worker that did not
+	 * leave in time is dropped by the starter, which the commit wakes.
+	 */
+	if (def && def->slot_source)
+	{
+		stp_drop_job_slots(job->job_id, def->partitions);
+		stp_request_scan_at_commit();
+	}
 	PG_RETURN_VOID();
 }

@@ -451,6 +451,9 @@ stp_starter_main(Datum main_arg)
 
 	if (!OidIsValid(get_extension_oid("stp", true)))
 	{
+		/* Slots of a dropped extension's jobs whose workers still leave. */
+		if (stp_drop_orphan_slots())
+			retry_scan_later(dboid);
 		set_has_stp(dboid, false);
 		PopActiveSnapshot();
 		SPI_finish();
@@ -461,6 +464,8 @@ stp_starter_main(Datum main_arg)
 
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	fail_jobs_without_owner();
+	if (stp_drop_orphan_slots())
+		retry_scan_later(dboid);
 	ret = SPI_execute("SELECT j.job_id, j.owner::pg_catalog.oid, p.partition "
 					  "FROM stp.jobs j JOIN stp.partitions p "
 					  "ON p.job_id OPERATOR(pg_catalog.=) j.job_id "

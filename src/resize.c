@@ -170,6 +170,12 @@ check_new_partitions(StpJobDef *def, int32 partitions)
 				 errmsg("a job's query without GROUP BY cannot have more than one partition"),
 				 errdetail("The query has one group, which one partition computes."),
 				 errhint("Use partitions => 1.")));
+	if (def->slot_source && partitions != def->partitions)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the partition count of job \"%s\" cannot change: its source is 'slot'", def->job_name),
+				 errdetail("Each partition of a slot job owns a replication slot and the groups it built from it."),
+				 errhint("Drop the job and start it again with the new partition count; it builds its groups from the source.")));
 	if (def->leaves != NIL && partitions > list_length(def->leaves))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -199,9 +199,23 @@ stp_restore_complete(StpJobDef *def, int64 progress, StpSlot *slot)
 	StpRestoreWait wait = STP_RW_NONE;
 	int64		high = 0;
 
-	if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->source)) &&
-		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)) &&
-		SearchSysCacheExists1(SEQRELID, ObjectIdGetDatum(def->sequence)))
+	/*
+	 * A slot job has no sequence, and its restored progress is a position
+	 * in another server's WAL: once the restore is complete, its partitions
+	 * find no slot and build their groups again from the whole source.  So
+	 * it waits only for the end of the restore, the result table's key
+	 * index of the post-data section.
+	 */
+	if (def->slot_source)
+	{
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->source)) &&
+			SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)) &&
+			!has_key_indexes(def))
+			wait = STP_RW_KEY_INDEX;
+	}
+	else if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->source)) &&
+			 SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)) &&
+			 SearchSysCacheExists1(SEQRELID, ObjectIdGetDatum(def->sequence)))
 	{
 		if (!has_key_indexes(def))
 			wait = STP_RW_KEY_INDEX;

@@ -201,6 +201,89 @@ keys_have_collations(StpJobDef *def)
 }
 
 /*
+ * While stp_slot_batch_sql builds its statement: the aggregation reads the
+ * source rows of the groups in its CTE g only, not the whole table.
+ */
+static bool slot_groups_only = false;
+
+/*
+ * Append the keys' expressions, separated by commas.
+ */
+static void
+append_key_exprs(StringInfo buf, StpJobDef *def)
+{
+	ListCell   *lc;
+
+	foreach(lc, def->key_exprs)
+		appendStringInfo(buf, "%s(%s)", foreach_current_index(lc) > 0 ? ", " : "",
+						 (char *) lfirst(lc));
+}
+
+/*
+ * Append "k0 IS NULL OR k1 IS NULL ..." over the columns of g (or the
+ * keys' expressions, with exprs): whether a group key has a NULL in it.
+ * Groups without one are found with "=", which an index or a hash join
+ * can serve; the rare others with IS NOT DISTINCT FROM.
+ */
+static void
+append_key_has_null(StringInfo buf, StpJobDef *def, bool exprs)
+{
+	ListCell   *lc;
+
+	appendStringInfoChar(buf, '(');
+	foreach(lc, def->key_exprs)
+	{
+		int			i = foreach_current_index(lc);
+
+		if (exprs)
+			appendStringInfo(buf, "%s(%s) IS NULL", i > 0 ? " OR " : "", (char *) lfirst(lc));
+		else
+			appendStringInfo(buf, "%sk%d IS NULL", i > 0 ? " OR " : "", i);
+	}
+	appendStringInfoChar(buf, ')');
+}
+
+/*
+ * Append the FROM and WHERE of a slot job's aggregation.  In the batch
+ * statement these are the source's rows whose group is in g, the groups
+ * that the decoded changes touched; otherwise (the rebuild of a
+ * partition, the probe of the column types) the whole source.  The rows
+ * keep the source's name, which the job's expressions may use.
+ */
+static void
+append_slot_source_rows(StringInfo buf, StpJobDef *def)
+{
+	const char *src = stp_qualified_relname(def->source);
+	const char *alias = quote_identifier(get_rel_name(def->source));
+	ListCell   *lc;
+	int			nkeys = list_length(def->key_exprs);
+	int			i;
+
+	if (!slot_groups_only)
+	{
+		appendStringInfo(buf, " FROM %s WHERE true", src);
+		return;
+	}
+	appendStringInfo(buf, " FROM (SELECT * FROM %s WHERE (", src);
+	append_key_exprs(buf, def);
+	appendStringInfoString(buf, ") IN (SELECT ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfoString(buf, " FROM g WHERE NOT ");
+	append_key_has_null(buf, def, false);
+	appendStringInfo(buf, ") UNION ALL SELECT * FROM %s WHERE ", src);
+	append_key_has_null(buf, def, true);
+	appendStringInfoString(buf, " AND EXISTS (SELECT 1 FROM g WHERE ");
+	append_key_has_null(buf, def, false);
+	foreach(lc, def->key_exprs)
+		appendStringInfo(buf, " AND g.k%d IS NOT DISTINCT FROM (%s)",
+						 foreach_current_index(lc), (char *) lfirst(lc));
+	appendStringInfo(buf, ")) AS %s WHERE true", alias);
+	if (def->where_clause)
+		appendStringInfo(buf, " AND (%s)", def->where_clause);
+}
+
+/*
  * Append the FROM and WHERE of a batch: the source rows in the order-column
  * range ($1, $2] that the job's WHERE keeps and whose groups the partition
  * owns.
@@ -211,9 +294,16 @@ append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
 	ListCell   *lc;
 	const char *ord = quote_identifier(def->order_column);
 
-	appendStringInfo(buf, " FROM %s WHERE %s > $1 AND %s <= $2",
-					 def->leaves != NIL ? stp_leaves_from_item(def, partition) :
-					 stp_qualified_relname(def->source), ord, ord);
+	if (def->slot_source)
+	{
+		append_slot_source_rows(buf, def);
+		if (slot_groups_only)
+			return;				/* g holds only the partition's groups */
+	}
+	else
+		appendStringInfo(buf, " FROM %s WHERE %s > $1 AND %s <= $2",
+						 def->leaves != NIL ? stp_leaves_from_item(def, partition) :
+						 stp_qualified_relname(def->source), ord, ord);
 	if (def->where_clause)
 		appendStringInfo(buf, " AND (%s)", def->where_clause);
 	/* In leaves mode the partition's own leaves hold its groups only. */
@@ -732,5 +822,214 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 			appendStringInfo(&buf, "%s = r.%s + EXCLUDED.%s", col, col, col);
 			break;
 	}
+	return buf.data;
+}
+
+/*
+ * Append the call that keeps the partition's own groups: of the keys'
+ * expressions over source rows, or of the result table's key columns
+ * (prefixed "r.") with result_keys.  Nothing with one partition.
+ */
+static void
+append_slot_partition_filter(StringInfo buf, StpJobDef *def, int32 partition,
+							 bool result_keys)
+{
+	bool		as_row = keys_have_collations(def);
+	List	   *items = result_keys ? def->key_names : def->key_exprs;
+	ListCell   *lc;
+
+	if (def->partitions <= 1)
+		return;
+	appendStringInfo(buf, " AND stp.in_partition(%d, %d, %s", partition,
+					 def->partitions, as_row ? "ROW(" : "");
+	foreach(lc, items)
+	{
+		if (result_keys)
+			appendStringInfo(buf, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "",
+							 quote_identifier(lfirst(lc)));
+		else
+			appendStringInfo(buf, "%s(%s)", foreach_current_index(lc) > 0 ? ", " : "",
+							 (char *) lfirst(lc));
+	}
+	appendStringInfoString(buf, as_row ? "))" : ")");
+}
+
+/*
+ * Append the result table's columns that a slot job writes, and the
+ * columns of the aggregation (a) that fill them, as two lists.
+ */
+static void
+slot_result_columns(StpJobDef *def, List **cols, List **vals)
+{
+	ListCell   *lc,
+			   *lc2;
+	int			i = 0;
+
+	*cols = NIL;
+	*vals = NIL;
+	foreach(lc, def->key_names)
+	{
+		*cols = lappend(*cols, (char *) quote_identifier(lfirst(lc)));
+		*vals = lappend(*vals, psprintf("k%d", i++));
+	}
+	i = 0;
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+
+		*cols = lappend(*cols, (char *) quote_identifier(lfirst(lc)));
+		*vals = lappend(*vals, psprintf("a%d", i));
+		if (is_avg(kind))
+		{
+			*cols = lappend(*cols, (char *) quote_identifier(stp_avg_sum_column(lfirst(lc))));
+			*cols = lappend(*cols, (char *) quote_identifier(stp_avg_count_column(lfirst(lc))));
+			*vals = lappend(*vals, psprintf("s%d", i));
+			*vals = lappend(*vals, psprintf("n%d", i));
+		}
+		if (STP_AGG_IS_VARIANCE(kind))
+		{
+			*cols = lappend(*cols, (char *) quote_identifier(stp_variance_state_column(lfirst(lc))));
+			*vals = lappend(*vals, psprintf("v%d", i));
+		}
+		i++;
+	}
+}
+
+/*
+ * The batch statement of a slot job's partition.  The decoded rows, old
+ * and new, that the job's WHERE keeps name the groups the batch touched;
+ * g keeps the partition's own.  Each of them is computed again from the
+ * source, as the job's query computes it (a), and replaces the group's
+ * row in the result table; a group that no source row has any more is
+ * deleted.  So every aggregate, min and max included, is exact under
+ * UPDATE and DELETE.  The source may be newer than the decoded position:
+ * a group that a later change touched then holds that change already,
+ * and is computed once more when the change is decoded.  Returns the
+ * number of groups touched.
+ */
+char *
+stp_slot_batch_sql(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+	const char *result = stp_qualified_relname(def->result);
+	int			nkeys = list_length(def->key_names);
+	List	   *cols,
+			   *vals;
+	ListCell   *lc;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "WITH g AS (SELECT DISTINCT ");
+	foreach(lc, def->key_exprs)
+		appendStringInfo(&buf, "%s(%s) AS k%d", foreach_current_index(lc) > 0 ? ", " : "",
+						 (char *) lfirst(lc), foreach_current_index(lc));
+	appendStringInfo(&buf, " FROM stp.slot_changes(NULL::%s) AS %s WHERE true",
+					 stp_qualified_relname(def->source),
+					 quote_identifier(get_rel_name(def->source)));
+	if (def->where_clause)
+		appendStringInfo(&buf, " AND (%s)", def->where_clause);
+	append_slot_partition_filter(&buf, def, partition, false);
+
+	appendStringInfoString(&buf, "), a AS (");
+	slot_groups_only = true;
+	PG_TRY();
+	{
+		append_aggregation(&buf, def, partition);
+	}
+	PG_FINALLY();
+	{
+		slot_groups_only = false;
+	}
+	PG_END_TRY();
+
+	/* The touched groups that no source row has any more. */
+	appendStringInfoString(&buf, "), x AS (SELECT ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfoString(&buf, " FROM g EXCEPT SELECT ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfo(&buf, " FROM a), d1 AS (DELETE FROM %s r WHERE (", result);
+	foreach(lc, def->key_names)
+		appendStringInfo(&buf, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	appendStringInfoString(&buf, ") IN (SELECT ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfoString(&buf, " FROM x WHERE NOT ");
+	append_key_has_null(&buf, def, false);
+	appendStringInfo(&buf, ")), d2 AS (DELETE FROM %s r WHERE EXISTS (SELECT 1 FROM x WHERE ",
+					 result);
+	append_key_has_null(&buf, def, false);
+	foreach(lc, def->key_names)
+		appendStringInfo(&buf, " AND x.k%d IS NOT DISTINCT FROM r.%s",
+						 foreach_current_index(lc), quote_identifier(lfirst(lc)));
+
+	/* The touched groups that remain, as the query computes them now. */
+	slot_result_columns(def, &cols, &vals);
+	appendStringInfo(&buf, ")), m AS (INSERT INTO %s AS r (", result);
+	append_joined(&buf, cols);
+	appendStringInfoString(&buf, ") SELECT ");
+	append_joined(&buf, vals);
+	appendStringInfoString(&buf, " FROM a ORDER BY ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfoString(&buf, " ON CONFLICT (");
+	foreach(lc, def->key_names)
+		appendStringInfo(&buf, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	if (list_length(cols) == nkeys)
+		appendStringInfoString(&buf, ") DO NOTHING");
+	else
+	{
+		appendStringInfoString(&buf, ") DO UPDATE SET ");
+		for_each_from(lc, cols, nkeys)
+			appendStringInfo(&buf, "%s%s = EXCLUDED.%s",
+							 foreach_current_index(lc) > nkeys ? ", " : "",
+							 (char *) lfirst(lc), (char *) lfirst(lc));
+	}
+	appendStringInfoString(&buf, ") SELECT pg_catalog.count(*) FROM g");
+	return buf.data;
+}
+
+/*
+ * The DELETE of a slot job's partition's groups from the result table,
+ * before stp_slot_fill_sql builds them again from the whole source.
+ */
+char *
+stp_slot_clear_sql(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "DELETE FROM %s r WHERE true", stp_qualified_relname(def->result));
+	append_slot_partition_filter(&buf, def, partition, true);
+	return buf.data;
+}
+
+/*
+ * The INSERT of a slot job's partition's groups as the job's query
+ * computes them over the whole source, under the snapshot the caller has
+ * (the slot's initial snapshot, when the slot is created).
+ */
+char *
+stp_slot_fill_sql(StpJobDef *def, int32 partition)
+{
+	StringInfoData buf;
+	List	   *cols,
+			   *vals;
+	int			i;
+
+	initStringInfo(&buf);
+	slot_result_columns(def, &cols, &vals);
+	appendStringInfo(&buf, "INSERT INTO %s (", stp_qualified_relname(def->result));
+	append_joined(&buf, cols);
+	appendStringInfoString(&buf, ") SELECT ");
+	append_joined(&buf, vals);
+	appendStringInfoString(&buf, " FROM (");
+	append_aggregation(&buf, def, partition);
+	appendStringInfoString(&buf, ") a ORDER BY ");
+	for (i = 0; i < list_length(def->key_names); i++)
+		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
 	return buf.data;
 }

@@ -155,7 +155,11 @@ stp_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 
 	if (access == OAT_DROP && classId == ExtensionRelationId &&
 		objectId == get_extension_oid("stp", true))
+	{
 		stp_stop_db_workers_at_commit();
+		/* The starter then drops the slot jobs' slots (slot.c). */
+		stp_request_scan_at_commit();
+	}
 	else if (access == OAT_POST_CREATE && classId == ExtensionRelationId)
 		stp_request_scan_at_commit();
 	else if (access == OAT_DROP && classId == DatabaseRelationId)

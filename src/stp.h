@@ -215,6 +215,7 @@ typedef struct StpJobDef
 								 * partitions, read directly (leaves.c); NIL
 								 * when the source is read and routed */
 	int32		resize_to;		/* pending partition count, or 0 (stp_alter_job) */
+	bool		slot_source;	/* decodes a logical replication slot (slot.c) */
 } StpJobDef;
 
 /* sqlgen.c */
@@ -229,6 +230,9 @@ extern char *stp_initial_row_sql(StpJobDef *def);
 extern char *stp_distinct_table_name(const char *state_name, int agg);
 extern Oid	stp_distinct_table(StpJobDef *def, int agg);
 extern char *stp_distinct_sql(StpJobDef *def, int32 partition, int agg);
+extern char *stp_slot_batch_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn
@@ -366,6 +370,13 @@ extern List *stp_leaves_to_wait(StpJobDef *def, int32 partition);
 extern char *stp_check_leaves(StpJobDef *def, const char *srcname);
 extern bool stp_leaf_order_default_ok(StpJobDef *def, Oid leaf);
 extern void stp_note_leaf_change(Oid parent, const char *what);
+/* slot.c */
+extern void stp_slot_name(char *name, Oid dboid, int32 job_id, int32 partition);
+extern void stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
+								  const char *order_column, const char *start_from);
+extern bool stp_drop_orphan_slots(void);
+extern void stp_drop_job_slots(int32 job_id, int32 partitions);
+extern uint64 stp_slot_confirmed(int32 job_id, int32 partition);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);

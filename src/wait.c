@@ -19,6 +19,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -41,8 +42,10 @@ typedef struct StpWaitTarget
 {
 	char		job_name[NAMEDATALEN];
 	int32		job_id;
-	int64		target;			/* the sequence's last value at the call */
+	int64		target;			/* the sequence's last value at the call, or
+								 * for a slot job the WAL insert position */
 	bool		any;			/* whether the sequence had handed out any */
+	bool		slot;			/* a slot job: it has no sequence */
 	TimestampTz deadline;
 } StpWaitTarget;
 
@@ -91,8 +94,10 @@ wait_begin(FunctionCallInfo fcinfo, StpWaitTarget *w)
 
 	job = stp_lookup_job(job_name, false);
 	check_not_own_writer(job, job_name);
+	/* Only a slot job has no sequence. */
+	w->slot = !OidIsValid(job->sequence);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->source)) ||
-		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->sequence)))
+		(!w->slot && !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->sequence))))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job \"%s\" has failed", job_name),
@@ -101,7 +106,17 @@ wait_begin(FunctionCallInfo fcinfo, StpWaitTarget *w)
 	/* A job's name is shorter than NAMEDATALEN, or the lookup failed. */
 	strlcpy(w->job_name, job_name, sizeof(w->job_name));
 	w->job_id = job->job_id;
-	w->target = stp_sequence_last_value(job->sequence, &w->any);
+	if (w->slot)
+	{
+		/*
+		 * Every transaction committed before the call has its commit record
+		 * below the WAL insert position.
+		 */
+		w->target = (int64) GetXLogInsertRecPtr();
+		w->any = true;
+	}
+	else
+		w->target = stp_sequence_last_value(job->sequence, &w->any);
 	w->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 }
 
@@ -125,7 +140,7 @@ wait_done(StpWaitTarget *w)
 	values[1] = Int64GetDatum(w->target);
 	stp_catalog_exec("SELECT j.state, pg_catalog.bool_and(p.processed_upto OPERATOR(pg_catalog.>=) $2), "
 					 "pg_catalog.bool_or(p.failed), "
-					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed) "
+					 "pg_catalog.min(p.last_error) FILTER (WHERE p.failed), pg_catalog.count(*) "
 					 "FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
 					 "WHERE j.job_id OPERATOR(pg_catalog.=) $1 GROUP BY j.state",
 					 2, types, values, NULL, false, 0);
@@ -147,7 +162,21 @@ wait_done(StpWaitTarget *w)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job \"%s\" is stopped", w->job_name),
 				 errhint("Run stp_resume_job('%s') first.", w->job_name)));
-	done = !w->any || DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+	if (w->slot)
+	{
+		/*
+		 * A slot is confirmed up to a position once the result holds every
+		 * change below it: after the batch that applied them committed, or
+		 * when the WAL up to it had nothing for the partition.
+		 */
+		int64		partitions = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+
+		done = true;
+		for (int p = 0; p < partitions && done; p++)
+			done = stp_slot_confirmed(w->job_id, p) >= (uint64) w->target;
+	}
+	else
+		done = !w->any || DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	return done;
 }

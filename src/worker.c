@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlogdefs.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -279,11 +280,17 @@ log_started(void)
 	LWLockRelease(stp_shared->lock);
 	if (stp_worker.slot->caught_up_at == 0)
 		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
-	ereport(logged ? DEBUG1 : LOG,
-			(errmsg("stp job \"%s\" partition %d started from %s " INT64_FORMAT "%s",
-					stp_worker.def->job_name, stp_worker.args.partition,
-					stp_worker.def->order_column, stp_worker.offset,
-					stp_worker.def->restored ? ", restored from a dump" : "")));
+	if (stp_worker.def->slot_source)
+		ereport(logged ? DEBUG1 : LOG,
+				(errmsg("stp job \"%s\" partition %d started from WAL position %X/%X",
+						stp_worker.def->job_name, stp_worker.args.partition,
+						LSN_FORMAT_ARGS((XLogRecPtr) stp_worker.offset))));
+	else
+		ereport(logged ? DEBUG1 : LOG,
+				(errmsg("stp job \"%s\" partition %d started from %s " INT64_FORMAT "%s",
+						stp_worker.def->job_name, stp_worker.args.partition,
+						stp_worker.def->order_column, stp_worker.offset,
+						stp_worker.def->restored ? ", restored from a dump" : "")));
 }
 
 /*
@@ -377,6 +384,7 @@ stp_worker_main(Datum main_arg)
 				error_is_permanent(edata->sqlerrcode))
 				EmitErrorReport();
 			AbortOutOfAnyTransaction();
+			stp_slot_abort();
 			FlushErrorState();
 			RESUME_INTERRUPTS();
 			/* The abort left TopMemoryContext current: back to the loop's. */

@@ -51,5 +51,11 @@ extern void stp_set_slot_state(StpWorkerState state);
 /* batch.c */
 extern bool stp_worker_setup(void);
 extern bool stp_worker_step(bool *stop);
+extern void stp_guard_tables(void);
+extern void stp_check_job_relations(void);
+
+/* slot.c */
+extern bool stp_slot_step(bool *stop);
+extern void stp_slot_abort(void);
 
 #endif							/* STP_WORKER_H */

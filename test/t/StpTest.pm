@@ -34,12 +34,21 @@ sub new_node
 	my $extra = $conf{extra} // '';
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
+
+	# A server that loads only trusted output plugins must trust stp's,
+	# which slot jobs decode with (upstream PostgreSQL has no such setting).
+	my $bindir = $node->config_data('--bindir');
+	$extra .= "\noutput_plugin_libraries = 'pgoutput, test_decoding, stp'\n"
+	  if `$bindir/postgres --describe-config 2>/dev/null` =~ /^output_plugin_libraries\t/m;
 	$node->append_conf(
 		'postgresql.conf', qq{
 shared_preload_libraries = 'stp'
 max_worker_processes = $max_worker_processes
 stp.launcher_naptime = 500
 log_statement = none
+wal_level = logical
+max_replication_slots = 40
+max_wal_senders = 10
 $extra
 });
 	$node->start;

@@ -1,0 +1,175 @@
+-- Jobs whose source is a logical replication slot: INSERT, UPDATE and DELETE.
+CREATE TABLE acct (id int PRIMARY KEY, grp text, sub int, amount numeric, f float8);
+ALTER TABLE acct REPLICA IDENTITY FULL;
+INSERT INTO acct SELECT i, 'g' || (i % 3), i % 2, i * 1.5, i / 4.0 FROM generate_series(1, 30) i;
+
+-- What the job's query returns as a batch SELECT.
+CREATE VIEW acct_batch AS
+SELECT grp, sub, count(*) AS n, sum(amount) AS total, avg(amount) AS mean,
+       min(amount) AS lo, max(amount) AS hi, count(f) AS nf, sum(f) AS sf
+FROM acct WHERE id <> 13 GROUP BY grp, sub;
+
+SELECT stp_start_job('acct_sums',
+    $$SELECT grp, sub, count(*) AS n, sum(amount) AS total, avg(amount) AS mean,
+             min(amount) AS lo, max(amount) AS hi, count(f) AS nf, sum(f) AS sf
+      FROM acct WHERE id <> 13 GROUP BY grp, sub$$,
+    'acct_sums', partitions => 2, source => 'slot') > 0 AS started;
+-- Rows of the result that differ from the batch query, either way.
+CREATE FUNCTION acct_diff() RETURNS TABLE (side text, grp text, sub int, n bigint, total numeric,
+                                           mean numeric, lo numeric, hi numeric, nf bigint, sf float8)
+LANGUAGE sql AS $$
+    (SELECT 'job', grp, sub, n, total, mean, lo, hi, nf, sf FROM acct_sums
+     EXCEPT SELECT 'job', * FROM acct_batch)
+    UNION ALL
+    (SELECT 'batch', * FROM acct_batch
+     EXCEPT SELECT 'batch', grp, sub, n, total, mean, lo, hi, nf, sf FROM acct_sums)
+    ORDER BY 1, 2, 3
+$$;
+
+SELECT source_kind, order_column, sequence, partitions FROM stp.jobs WHERE job_name = 'acct_sums';
+
+-- The rows present at the start count once.
+SELECT stp_wait('acct_sums');
+SELECT count(*) AS groups FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- One slot per partition, named from the database, job and partition.
+SELECT regexp_replace(slot_name, '^stp_[0-9]+_[0-9]+_', 'stp_DB_JOB_') AS slot, plugin, slot_type,
+       database = current_database() AS here, temporary
+FROM pg_replication_slots ORDER BY slot_name;
+
+-- Inserts, an update that leaves the key alone, updates that move rows
+-- between groups (and partitions), deletes.
+INSERT INTO acct VALUES (31, 'g0', 0, 100, NULL), (32, 'g9', 1, 7, 1.5), (33, NULL, NULL, 2, 2);
+UPDATE acct SET amount = amount + 1 WHERE id IN (1, 2);
+UPDATE acct SET grp = 'g2', sub = 0 WHERE id IN (3, 4, 5);
+DELETE FROM acct WHERE id IN (6, 7);
+SELECT stp_wait('acct_sums');
+SELECT * FROM acct_diff();
+SELECT grp, sub, n, total, lo, hi FROM acct_sums ORDER BY grp, sub;
+
+-- Deleting the current minimum and maximum of a group.
+SELECT lo, hi FROM acct_sums WHERE grp = 'g0' AND sub = 0;
+DELETE FROM acct WHERE grp = 'g0' AND sub = 0
+    AND (amount = (SELECT min(amount) FROM acct WHERE grp = 'g0' AND sub = 0 AND id <> 13)
+         OR amount = (SELECT max(amount) FROM acct WHERE grp = 'g0' AND sub = 0 AND id <> 13));
+UPDATE acct SET amount = 0.5 WHERE id = 12;
+SELECT stp_wait('acct_sums');
+SELECT lo, hi FROM acct_sums WHERE grp = 'g0' AND sub = 0;
+SELECT * FROM acct_diff();
+
+-- A group whose rows are all gone, by DELETE or by UPDATE, leaves the
+-- result; a row the job's WHERE drops changes nothing.
+DELETE FROM acct WHERE grp = 'g9';
+UPDATE acct SET grp = 'g1' WHERE grp IS NULL;
+UPDATE acct SET amount = 1000 WHERE id = 13;
+SELECT stp_wait('acct_sums');
+SELECT count(*) FILTER (WHERE grp = 'g9' OR grp IS NULL) AS gone, count(*) AS groups FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- A rolled-back transaction contributes nothing; a subtransaction rolled
+-- back inside a committed one neither.
+BEGIN;
+INSERT INTO acct VALUES (40, 'rollback', 1, 1, 1);
+DELETE FROM acct WHERE grp = 'g1';
+ROLLBACK;
+BEGIN;
+INSERT INTO acct VALUES (41, 'kept', 1, 1, 1);
+SAVEPOINT s;
+INSERT INTO acct VALUES (42, 'undone', 1, 1, 1);
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT stp_wait('acct_sums');
+SELECT grp FROM acct_sums WHERE grp IN ('rollback', 'kept', 'undone');
+SELECT * FROM acct_diff();
+
+-- A TRUNCATE empties the result; new rows count again.
+TRUNCATE acct;
+INSERT INTO acct VALUES (1, 'after', 1, 5, 5);
+SELECT stp_wait('acct_sums');
+SELECT grp, sub, n, total FROM acct_sums;
+SELECT * FROM acct_diff();
+
+-- stp.job_status: WAL behind and WAL retained per partition; stp_wait
+-- returns once every partition's slot has passed the WAL at the call.
+SELECT stp_wait('acct_sums');
+SELECT partition, rows_behind, wal_bytes_behind IS NOT NULL AS has_behind,
+       wal_retained_bytes >= 0 AS retains
+FROM stp.job_status WHERE job_name = 'acct_sums';
+
+-- The errors.
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => 'wal');
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => NULL);
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot', order_column => 'id');
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot', start_from => 'now');
+SELECT stp_start_job('bad', 'SELECT count(*) AS n FROM acct', 'bad', source => 'slot');
+SELECT stp_start_job('bad', 'SELECT grp, count(DISTINCT sub) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot');
+SELECT stp_start_job('bad', 'SELECT grp, sum(DISTINCT sub) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot');
+CREATE TABLE ev_hop (id int PRIMARY KEY, ts timestamptz, k int);
+ALTER TABLE ev_hop REPLICA IDENTITY FULL;
+SELECT stp_start_job('bad', $$SELECT k, w, count(*) AS n FROM ev_hop, stp.hop(ts, '1 minute', '30 seconds') AS w
+                              GROUP BY k, w$$, 'bad', source => 'slot');
+CREATE TABLE parted (id int, k int) PARTITION BY HASH (k);
+CREATE TABLE parted_0 PARTITION OF parted FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM parted GROUP BY k', 'bad', source => 'slot');
+DROP TABLE ev_hop, parted;
+-- The partition count of a slot job cannot change; its batch size can.
+SELECT stp_alter_job('acct_sums', partitions => 3);
+SELECT stp_alter_job('acct_sums', batch_size => 5000);
+CREATE TABLE plain (id int PRIMARY KEY, k int);
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad', source => 'slot');
+ALTER TABLE plain REPLICA IDENTITY FULL;
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad',
+                     source => 'slot', partitions => 64);
+CREATE ROLE regress_stp_slot_user LOGIN;
+GRANT SELECT ON plain TO regress_stp_slot_user;
+GRANT CREATE ON SCHEMA public TO regress_stp_slot_user;
+SET ROLE regress_stp_slot_user;
+SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM plain GROUP BY k', 'bad', source => 'slot');
+RESET ROLE;
+REVOKE CREATE ON SCHEMA public FROM regress_stp_slot_user;
+REVOKE SELECT ON plain FROM regress_stp_slot_user;
+DROP ROLE regress_stp_slot_user;
+SELECT count(*) AS refused_jobs_left FROM stp.jobs WHERE job_name = 'bad';
+SELECT to_regclass('bad') IS NULL AS no_result_table;
+
+-- REPLICA IDENTITY changed under a running job fails it with the reason.
+SELECT stp_start_job('plain_counts', 'SELECT k, count(*) AS n FROM plain GROUP BY k',
+                     'plain_counts', source => 'slot') > 0 AS started;
+SELECT stp_wait('plain_counts');
+ALTER TABLE plain REPLICA IDENTITY DEFAULT;
+INSERT INTO plain VALUES (1, 1);
+SELECT stp_wait('plain_counts');
+SELECT state, last_error FROM stp.job_status WHERE job_name = 'plain_counts';
+
+-- A column type that changes under a running job fails it, whether the
+-- job decodes rows written after the change or before it.
+CREATE TABLE alt (id int PRIMARY KEY, k int, x int);
+ALTER TABLE alt REPLICA IDENTITY FULL;
+INSERT INTO alt VALUES (1, 1, 10);
+SELECT stp_start_job('alt_live', 'SELECT k, sum(x) AS s FROM alt GROUP BY k', 'alt_live',
+                     source => 'slot') > 0 AS started;
+SELECT stp_start_job('alt_lag', 'SELECT k, count(*) AS n FROM alt GROUP BY k', 'alt_lag',
+                     source => 'slot') > 0 AS started;
+SELECT stp_wait('alt_live'), stp_wait('alt_lag');
+SELECT stp_stop_job('alt_lag');
+INSERT INTO alt VALUES (2, 1, 20);
+SELECT stp_wait('alt_live');
+ALTER TABLE alt ALTER x TYPE numeric;
+INSERT INTO alt VALUES (3, 1, 30);
+SELECT stp_resume_job('alt_lag');
+SELECT stp_wait('alt_live');
+SELECT stp_wait('alt_lag');
+SELECT job_name, state, last_error FROM stp.job_status WHERE job_name LIKE 'alt%' ORDER BY 1;
+SELECT * FROM alt_live;
+SELECT stp_drop_job('alt_live', drop_result => true);
+SELECT stp_drop_job('alt_lag', drop_result => true);
+
+-- Dropping the jobs drops their slots.
+SELECT stp_drop_job('plain_counts', drop_result => true);
+SELECT stp_drop_job('acct_sums', drop_result => true);
+SELECT count(*) AS slots_left FROM pg_replication_slots WHERE slot_name LIKE 'stp\_%';

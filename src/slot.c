@@ -1,0 +1,1131 @@
+/*-------------------------------------------------------------------------
+ *
+ * slot.c
+ *		Jobs whose source is a logical replication slot: the output plugin,
+ *		a partition worker's decoding step, and the slots' life cycle.
+ *
+ * Each partition of a slot job owns one logical replication slot, named
+ * stp_<database OID>_<job id>_<partition>, whose output plugin is this
+ * library ("stp").  The partition worker decodes the WAL in its own
+ * process: CreateDecodingContext, then an XLogReadRecord /
+ * LogicalDecodingProcessRecord loop, as pg_logical_slot_get_changes does.
+ * The plugin's callbacks run under a historic snapshot inside a
+ * subtransaction that the reorder buffer rolls back, so they write no
+ * table: they keep the old and new rows of the job's source in a
+ * tuplestore, which spills to a temporary file past work_mem.  Changes to
+ * other tables are dropped at once.  Transactions that roll back never
+ * reach the callbacks, and a prepared transaction reaches them at COMMIT
+ * PREPARED.  A transaction larger than logical_decoding_work_mem is
+ * spilled to disk by the reorder buffer.
+ *
+ * After the loop, the batch statement (sqlgen.c) reads the decoded rows
+ * through stp.slot_changes(), finds the partition's groups they touched,
+ * and computes each of them again from the source, replacing its row in
+ * the result table or deleting it when it has no row any more.  The WAL
+ * position up to which the batch decoded commits with the result changes
+ * in the partition's progress row; the slot is confirmed only after that
+ * commit.  After a crash the slot may restart below the stored position:
+ * the transactions at or below it are skipped.
+ *
+ * Why recomputing is exact: before the batch reads the source, it waits
+ * until every transaction it decoded has left the proc array, so its
+ * snapshot sees each of them.  The snapshot may also see transactions
+ * committed after the decoded position; a group they touched is then
+ * computed once more when they are decoded.  So once the job has decoded
+ * every commit, each group was last computed under a snapshot that holds
+ * every change to it, and equals the job's query.
+ *
+ * A partition whose slot is missing (never created, lost in a crash
+ * before it was made persistent, or dropped by hand to rebuild the job)
+ * creates it and builds its groups from the whole source, under the
+ * slot's initial snapshot: every transaction that commits after it is
+ * decoded, and every one before it is in the snapshot.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "access/xlogreader.h"
+#include "access/xlogutils.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/output_plugin.h"
+#include "replication/slot.h"
+#include "replication/snapbuild.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
+#include "utils/typcache.h"
+#include "utils/varlena.h"
+
+#include "stp.h"
+#include "worker.h"
+
+PG_FUNCTION_INFO_V1(stp_slot_changes);
+
+extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/*
+ * What the output plugin collects for the worker's current step.  NULL in
+ * every other process, and outside a step, so that the plugin does
+ * nothing when a slot of ours is read otherwise.
+ */
+typedef struct StpDecoded
+{
+	Oid			relid;			/* the job's source */
+	XLogRecPtr	skip_upto;		/* transactions ending at or below: applied */
+	MemoryContext mcxt;			/* lives for the step */
+	Tuplestorestate *rows;		/* old and new rows of the source */
+	int64		nrows;
+	bool		truncated;		/* the source was truncated */
+	TransactionId *xids;		/* the transactions that changed it */
+	int			nxids;
+	int			maxxids;
+	int			natts;			/* the source's columns at the step's start */
+	Oid		   *atttypes;		/* ... their types, InvalidOid if dropped */
+	int32	   *atttypmods;
+	bool		altered;		/* a decoded row has other column types */
+} StpDecoded;
+
+static StpDecoded *decoded = NULL;
+
+/* While a step starts decoding (see quiet_decoding_hook). */
+static bool quiet_decoding = false;
+
+/*
+ * The worker's decoding context, kept from step to step with its slot
+ * acquired, as a walsender keeps it: each step reads on from where the
+ * last one stopped, instead of decoding again from the slot's restart
+ * position.  It is dropped after an error, since the rows it decoded in
+ * that step were lost with the step.
+ */
+static LogicalDecodingContext *decoding = NULL;
+
+/*
+ * The name of a partition's slot: from the database, job and partition, so
+ * that stp finds its slots again after a crash, and only its own.
+ */
+void
+stp_slot_name(char *name, Oid dboid, int32 job_id, int32 partition)
+{
+	snprintf(name, NAMEDATALEN, "stp_%u_%d_%d", dboid, job_id, partition);
+}
+
+/* ---- the output plugin ---- */
+
+/*
+ * The plugin writes nothing out: it only collects rows for the worker.
+ */
+static void
+plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
+{
+	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
+	opt->receive_rewrites = false;
+}
+
+/*
+ * Nothing happens at a transaction's start: rolled-back transactions never
+ * get here at all.
+ */
+static void
+plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+}
+
+/*
+ * Nothing happens at a commit: its changes were kept as they came.
+ */
+static void
+plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+}
+
+/*
+ * Remember a transaction that changed the source, so that the worker can
+ * wait for it to leave the proc array before it reads the source.
+ */
+static void
+remember_xid(TransactionId xid)
+{
+	MemoryContext old;
+
+	if (decoded->nxids > 0 && decoded->xids[decoded->nxids - 1] == xid)
+		return;
+	old = MemoryContextSwitchTo(decoded->mcxt);
+	if (decoded->nxids == decoded->maxxids)
+	{
+		decoded->maxxids = Max(16, decoded->maxxids * 2);
+		decoded->xids = decoded->xids ?
+			repalloc(decoded->xids, sizeof(TransactionId) * decoded->maxxids) :
+			palloc(sizeof(TransactionId) * decoded->maxxids);
+	}
+	decoded->xids[decoded->nxids++] = xid;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Keep one decoded row, with every value in line: the tuplestore outlives
+ * the reorder buffer's memory.  A TOASTed value that the transaction
+ * wrote arrives as an indirect pointer to the value that the reorder
+ * buffer put together, and is copied.  In a new row, a TOASTed value that
+ * the UPDATE left unchanged arrives as a pointer to the old value on disk,
+ * which the old row (REPLICA IDENTITY FULL logs it whole) holds.
+ */
+static void
+keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
+{
+	TupleDesc	desc = RelationGetDescr(relation);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	Datum	   *old_values = NULL;
+	bool	   *old_nulls = NULL;
+	HeapTuple	row;
+
+	heap_deform_tuple(tuple, desc, values, nulls);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->attlen != -1 || nulls[i] ||
+			!VARATT_IS_EXTERNAL(DatumGetPointer(values[i])))
+			continue;
+		if (!VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+		{
+			values[i] = PointerGetDatum(detoast_external_attr((struct varlena *)
+															  DatumGetPointer(values[i])));
+			continue;
+		}
+		if (old_tuple == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a decoded row of table %s lacks the unchanged value of column \"%s\"",
+							RelationGetRelationName(relation), NameStr(att->attname)),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
+							 RelationGetRelationName(relation))));
+		if (old_values == NULL)
+		{
+			old_values = palloc(sizeof(Datum) * desc->natts);
+			old_nulls = palloc(sizeof(bool) * desc->natts);
+			heap_deform_tuple(old_tuple, desc, old_values, old_nulls);
+		}
+		values[i] = old_values[i];
+		nulls[i] = old_nulls[i];
+		if (!nulls[i] && VARATT_IS_EXTERNAL(DatumGetPointer(values[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a decoded row of table %s lacks the unchanged value of column \"%s\"",
+							RelationGetRelationName(relation), NameStr(att->attname)),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
+							 RelationGetRelationName(relation))));
+	}
+	row = heap_form_tuple(desc, values, nulls);
+	tuplestore_puttuple(decoded->rows, row);
+	decoded->nrows++;
+}
+
+/*
+ * Do rows of descriptor desc have the column types that the source had at
+ * the step's start?  A row that a transaction wrote before an ALTER
+ * COLUMN ... TYPE must not be read as a row of the new type.  Dropped
+ * columns and columns added later do not matter.
+ */
+static bool
+same_column_types(TupleDesc desc)
+{
+	for (int i = 0; i < desc->natts && i < decoded->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || !OidIsValid(decoded->atttypes[i]))
+			continue;
+		if (att->atttypid != decoded->atttypes[i] || att->atttypmod != decoded->atttypmods[i])
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Keep the old and new rows of a change to the job's source; drop every
+ * other change at once, and those of transactions already applied.
+ */
+static void
+plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			  Relation relation, ReorderBufferChange *change)
+{
+	HeapTuple	newtup = NULL;
+	HeapTuple	oldtup = NULL;
+
+	if (decoded == NULL || RelationGetRelid(relation) != decoded->relid ||
+		txn->end_lsn <= decoded->skip_upto)
+		return;
+
+	if (!same_column_types(RelationGetDescr(relation)))
+	{
+		decoded->altered = true;
+		return;
+	}
+	if (change->data.tp.newtuple)
+		newtup = &change->data.tp.newtuple->tuple;
+	if (change->data.tp.oldtuple)
+		oldtup = &change->data.tp.oldtuple->tuple;
+
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			if (newtup)
+				keep_row(relation, newtup, NULL);
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+		case REORDER_BUFFER_CHANGE_DELETE:
+			if (oldtup == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("a decoded UPDATE or DELETE of table %s has no old row",
+								RelationGetRelationName(relation)),
+						 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
+								 RelationGetRelationName(relation))));
+			keep_row(relation, oldtup, NULL);
+			if (newtup)
+				keep_row(relation, newtup, oldtup);
+			break;
+		default:
+			return;
+	}
+	remember_xid(txn->xid);
+}
+
+/*
+ * A TRUNCATE of the source: the worker builds its groups again.
+ */
+static void
+plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				int nrelations, Relation relations[], ReorderBufferChange *change)
+{
+	if (decoded == NULL || txn->end_lsn <= decoded->skip_upto)
+		return;
+	for (int i = 0; i < nrelations; i++)
+	{
+		if (RelationGetRelid(relations[i]) == decoded->relid)
+		{
+			decoded->truncated = true;
+			remember_xid(txn->xid);
+		}
+	}
+}
+
+/*
+ * The output plugin "stp", in the extension's own library.
+ */
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = plugin_startup;
+	cb->begin_cb = plugin_begin;
+	cb->change_cb = plugin_change;
+	cb->truncate_cb = plugin_truncate;
+	cb->commit_cb = plugin_commit;
+}
+
+/*
+ * stp.slot_changes(NULL::source) returns the rows that the worker's
+ * current step decoded, as rows of the source's type; nothing in any
+ * other process or for another type.
+ */
+Datum
+stp_slot_changes(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TupleTableSlot *slot;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (decoded == NULL || decoded->rows == NULL ||
+		rsinfo->setDesc->tdtypeid != get_rel_type_id(decoded->relid))
+		return (Datum) 0;
+	if (!same_column_types(rsinfo->setDesc))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the column types of source %s changed while the job decoded its changes",
+						stp_qualified_relname(decoded->relid)),
+				 errhint("Drop the job and create it again.")));
+
+	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsMinimalTuple);
+	tuplestore_rescan(decoded->rows);
+	while (tuplestore_gettupleslot(decoded->rows, true, false, slot))
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+	ExecDropSingleTupleTableSlot(slot);
+	return (Datum) 0;
+}
+
+/* ---- the worker's side ---- */
+
+/*
+ * Forget what the last step collected.
+ */
+static void
+decoded_reset(void)
+{
+	if (decoded == NULL)
+		return;
+	if (decoded->rows)
+		tuplestore_end(decoded->rows);
+	MemoryContextDelete(decoded->mcxt);
+	decoded = NULL;
+}
+
+/*
+ * Start collecting for one step.  The tuplestore is not tied to the
+ * transaction's resource owner: the reorder buffer's subtransactions
+ * abort around every callback, and must not close its file.
+ */
+static void
+decoded_begin(Oid relid, XLogRecPtr skip_upto)
+{
+	MemoryContext mcxt = AllocSetContextCreate(TopMemoryContext, "stp decoded rows",
+											   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+
+	decoded_reset();
+	decoded = palloc0(sizeof(StpDecoded));
+	decoded->mcxt = mcxt;
+	decoded->relid = relid;
+	decoded->skip_upto = skip_upto;
+	decoded->rows = tuplestore_begin_heap(false, true, work_mem);
+	tuplestore_set_eflags(decoded->rows, EXEC_FLAG_REWIND);
+
+	/* The source's column types now, outside any historic snapshot. */
+	{
+		Relation	rel = try_relation_open(relid, AccessShareLock);
+		TupleDesc	desc;
+
+		if (rel == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the source table of job \"%s\" was dropped",
+							stp_worker.def->job_name)));
+		desc = RelationGetDescr(rel);
+		decoded->natts = desc->natts;
+		decoded->atttypes = palloc(sizeof(Oid) * Max(desc->natts, 1));
+		decoded->atttypmods = palloc(sizeof(int32) * Max(desc->natts, 1));
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			decoded->atttypes[i] = att->attisdropped ? InvalidOid : att->atttypid;
+			decoded->atttypmods[i] = att->atttypmod;
+		}
+		relation_close(rel, NoLock);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Forget the decoding context and release the slot.  After an error
+ * (clean = false) the context may be in the middle of a transaction's
+ * replay: its memory is dropped without its callbacks, its WAL segment
+ * closed; the spill files it left are removed by the next context on
+ * the slot.
+ */
+static void
+decoding_end(bool clean)
+{
+	if (decoding != NULL)
+	{
+		if (clean)
+			FreeDecodingContext(decoding);
+		else
+		{
+			XLogReaderFree(decoding->reader);
+			MemoryContextDelete(decoding->context);
+		}
+		decoding = NULL;
+	}
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+}
+
+/*
+ * After an error in a step: release the slot (an ephemeral one, not yet
+ * built, is dropped) and forget the decoded rows.  Called by worker.c
+ * after it aborted the transaction.
+ */
+void
+stp_slot_abort(void)
+{
+	quiet_decoding = false;
+	decoding_end(false);
+	decoded_reset();
+}
+
+/*
+ * The routines with which a partition worker reads the local WAL.
+ */
+static XLogReaderRoutine *
+local_wal_routine(void)
+{
+	static XLogReaderRoutine routine;
+
+	routine.page_read = read_local_xlog_page;
+	routine.segment_open = wal_segment_open;
+	routine.segment_close = wal_segment_close;
+	return &routine;
+}
+
+/*
+ * Lock the partition's progress row, fenced on the position the worker
+ * has, as a table job's batch does.  Returns false if the job was stopped
+ * or dropped meanwhile.
+ */
+static bool
+lock_progress(void)
+{
+	Datum		values[3];
+	int			ret;
+
+	values[0] = Int32GetDatum(stp_worker.args.job_id);
+	values[1] = Int32GetDatum(stp_worker.args.partition);
+	values[2] = Int64GetDatum(stp_worker.offset);
+	ret = stp_catalog_exec_plan(stp_worker.lock_plan, values);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the partition's progress: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 1)
+		return true;
+	ret = stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+						   "WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) $2 "
+						   "AND j.state OPERATOR(pg_catalog.=) 'running' AND NOT p.failed",
+						   2, (Oid[]) {INT4OID, INT4OID}, values, NULL, false, 1);
+	if (SPI_processed == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("progress of job %d partition %d moved under its worker",
+						stp_worker.args.job_id, stp_worker.args.partition)));
+	return false;
+}
+
+/*
+ * Advance the partition's progress row to upto, counting rows.
+ */
+static void
+store_progress(XLogRecPtr upto, int64 rows)
+{
+	Datum		values[4];
+	int			ret;
+
+	values[0] = Int32GetDatum(stp_worker.args.job_id);
+	values[1] = Int32GetDatum(stp_worker.args.partition);
+	values[2] = Int64GetDatum((int64) upto);
+	values[3] = Int64GetDatum(rows);
+	ret = stp_catalog_exec_plan(stp_worker.progress_plan, values);
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "progress update failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Build the partition's groups from the whole source under the current
+ * snapshot: delete its rows from the result table, insert them again.
+ * Returns the number of groups.
+ */
+static int64
+rebuild_groups(void)
+{
+	StpJobDef  *def = stp_worker.def;
+	int			ret;
+
+	ret = SPI_execute(stp_slot_clear_sql(def, stp_worker.args.partition), false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "could not clear the partition's groups: %s", SPI_result_code_string(ret));
+	ret = SPI_execute(stp_slot_fill_sql(def, stp_worker.args.partition), false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not build the partition's groups: %s", SPI_result_code_string(ret));
+	return (int64) SPI_processed;
+}
+
+/*
+ * Create the partition's slot and build its groups under the slot's
+ * initial snapshot, in one REPEATABLE READ transaction; the slot is made
+ * persistent once the groups and the slot's start position committed.
+ * A crash before that drops the ephemeral slot, and the next worker
+ * starts over.  Returns false if the job was stopped or dropped.
+ */
+static bool
+create_slot(const char *name, bool *stop)
+{
+	MemoryContext caller_ctx = CurrentMemoryContext;
+	LogicalDecodingContext *ctx;
+	Snapshot	snap;
+	XLogRecPtr	start;
+	int			nestlevel;
+	int64		groups;
+
+	decoding_end(true);
+	pgstat_report_activity(STATE_RUNNING, "stp: creating the partition's replication slot");
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	XactIsoLevel = XACT_REPEATABLE_READ;
+	MemoryContextSwitchTo(caller_ctx);
+
+	CheckLogicalDecodingRequirements();
+	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false);
+	ctx = CreateInitDecodingContext("stp", NIL, true, InvalidXLogRecPtr,
+									local_wal_routine(), NULL, NULL, NULL);
+	DecodingContextFindStartpoint(ctx);
+	start = MyReplicationSlot->data.confirmed_flush;
+
+	InvalidateCatalogSnapshot();
+	snap = SnapBuildInitialSnapshot(ctx->snapshot_builder);
+	RestoreTransactionSnapshot(snap, MyProc);
+
+	nestlevel = stp_pin_worker_settings();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!lock_progress())
+	{
+		PopActiveSnapshot();
+		SPI_finish();
+		FreeDecodingContext(ctx);
+		AbortCurrentTransaction();
+		ReplicationSlotRelease();
+		MemoryContextSwitchTo(caller_ctx);
+		*stop = true;
+		return false;
+	}
+	stp_guard_tables();
+	pgstat_report_activity(STATE_RUNNING, "stp: building the partition's groups");
+	groups = rebuild_groups();
+	if (stp_worker.recheck)
+		stp_check_job_relations();
+	store_progress(start, 0);
+	PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+
+	ReplicationSlotPersist();
+	FreeDecodingContext(ctx);
+	ReplicationSlotRelease();
+	stp_worker.offset = start;
+	ereport(LOG,
+			(errmsg("stp job \"%s\" partition %d built " INT64_FORMAT " groups and decodes slot \"%s\" from %X/%X",
+					stp_worker.def->job_name, stp_worker.args.partition, groups, name,
+					LSN_FORMAT_ARGS(start))));
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return true;
+}
+
+/*
+ * Does a slot of this name exist?  stp_slot_step creates a missing one;
+ * one that exists while the partition has no progress stored (made by
+ * hand under stp's name) is dropped and made again.
+ */
+static bool
+slot_exists(const char *name)
+{
+	ReplicationSlot *s;
+	bool		found;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(name, false);
+	found = (s != NULL);
+	LWLockRelease(ReplicationSlotControlLock);
+	return found;
+}
+
+/*
+ * Decoding says at LOG where it starts, at every start: each step of every
+ * partition would write two lines to the server log.  While a step starts
+ * decoding, those two messages stay out of it; every other message,
+ * errors included, goes through.
+ */
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static bool quiet_hook_set = false;
+
+static void
+quiet_decoding_hook(ErrorData *edata)
+{
+	if (quiet_decoding && edata->elevel == LOG && edata->message != NULL &&
+		(strncmp(edata->message, "starting logical decoding for slot", 34) == 0 ||
+		 strncmp(edata->message, "logical decoding found consistent point", 39) == 0))
+		edata->output_to_server = false;
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+static void
+quiet_decoding_start(void)
+{
+	if (!quiet_hook_set)
+	{
+		prev_emit_log_hook = emit_log_hook;
+		emit_log_hook = quiet_decoding_hook;
+		quiet_hook_set = true;
+	}
+	quiet_decoding = true;
+}
+
+/*
+ * Is a process using the slot?
+ */
+static bool
+slot_active(const char *name)
+{
+	ReplicationSlot *s;
+	bool		active;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(name, false);
+	active = (s != NULL && s->active_pid != 0);
+	LWLockRelease(ReplicationSlotControlLock);
+	return active;
+}
+
+/*
+ * One step of a slot job's partition: decode the WAL from the slot up to
+ * the flushed position (or batch_size rows), then apply the touched groups
+ * and the position in one transaction, and confirm the slot after it
+ * committed.  Returns whether it did work; sets *stop when the job was
+ * stopped or dropped.
+ */
+bool
+stp_slot_step(bool *stop)
+{
+	char		name[NAMEDATALEN];
+	MemoryContext caller_ctx = CurrentMemoryContext;
+	ResourceOwner owner;
+	LogicalDecodingContext *ctx;
+	XLogRecPtr	end;
+	XLogRecPtr	upto;
+	int			nestlevel;
+	int64		rows;
+	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
+	int			ret;
+
+	stp_slot_name(name, MyDatabaseId, stp_worker.args.job_id, stp_worker.args.partition);
+	if (!slot_exists(name))
+	{
+		if (stp_worker.offset != 0)
+			ereport(LOG,
+					(errmsg("stp job \"%s\" partition %d has no replication slot \"%s\": it builds its groups again",
+							stp_worker.def->job_name, stp_worker.args.partition, name)));
+		return create_slot(name, stop);
+	}
+	if (stp_worker.offset == 0)
+	{
+		/* A slot whose groups were never built: start over. */
+		ReplicationSlotDrop(name, true);
+		return create_slot(name, stop);
+	}
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+	if (decoding == NULL)
+		ReplicationSlotAcquire(name, true);
+	if (XLogRecPtrIsInvalid(MyReplicationSlot->data.restart_lsn))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" of job \"%s\" was invalidated",
+						name, stp_worker.def->job_name),
+				 errdetail("The server removed WAL that the slot still needed, as max_slot_wal_keep_size allows."),
+				 errhint("Drop the slot with pg_drop_replication_slot('%s'), then run stp_resume_job('%s'): the partition builds its groups again.",
+						 name, stp_worker.def->job_name)));
+
+	pgstat_report_activity(STATE_RUNNING, "stp: decoding");
+
+	/*
+	 * The end first, then the source's column types (decoded_begin locks
+	 * the source until the batch commits): every row up to the end was
+	 * written before the types were read, so a row of the types before an
+	 * ALTER is told from a row of the types after it.
+	 */
+	end = GetFlushRecPtr(NULL);
+	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
+	owner = CurrentResourceOwner;
+
+	if (decoding == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		quiet_decoding_start();
+		decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, local_wal_routine(),
+										 NULL, NULL, NULL);
+		MemoryContextSwitchTo(old);
+		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	}
+	ctx = decoding;
+	quiet_decoding_start();
+	InvalidateSystemCaches();
+	while (ctx->reader->EndRecPtr < end)
+	{
+		XLogRecord *record;
+		char	   *errm = NULL;
+
+		/*
+		 * The reader allocates its decode and record buffers when it
+		 * first needs them, and keeps them: in the context's memory, which
+		 * outlives the step.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(ctx->context);
+
+		record = XLogReadRecord(ctx->reader, &errm);
+		MemoryContextSwitchTo(old);
+		if (errm)
+			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
+		if (record != NULL)
+			LogicalDecodingProcessRecord(ctx, ctx->reader);
+		if (decoded->nrows >= stp_worker.def->batch_size)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+	CurrentResourceOwner = owner;
+	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
+	InvalidateSystemCaches();
+	quiet_decoding = false;
+	MemoryContextSwitchTo(caller_ctx);
+
+	if (decoded->altered)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the column types of source %s changed after job \"%s\" was created",
+						stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+				 errdetail("The WAL holds rows of the source with other column types than it has now."),
+				 errhint("Drop the job and create it again.")));
+
+	if (decoded->nrows == 0 && !decoded->truncated)
+	{
+		/*
+		 * Nothing for the source: the result holds every change up to upto
+		 * already.  The slot moves on without a write, so an idle worker
+		 * writes no WAL of its own, and stp_wait sees the position.
+		 */
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_ctx);
+		if (upto > MyReplicationSlot->data.confirmed_flush)
+			LogicalConfirmReceivedLocation(upto);
+		decoded_reset();
+		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return false;
+	}
+
+	stp_set_slot_state(STP_WS_RUNNING);
+
+	/* Every decoded transaction must be visible to the snapshot below. */
+	pgstat_report_activity(STATE_RUNNING, "stp: waiting for decoded transactions to end");
+	for (int i = 0; i < decoded->nxids; i++)
+		XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+
+	nestlevel = stp_pin_worker_settings();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!lock_progress())
+	{
+		PopActiveSnapshot();
+		SPI_finish();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_ctx);
+		decoding_end(false);
+		decoded_reset();
+		*stop = true;
+		return false;
+	}
+	stp_guard_tables();
+
+	pgstat_report_activity(STATE_RUNNING, "stp: batch");
+	if (decoded->truncated)
+		(void) rebuild_groups();
+	else
+	{
+		ret = SPI_execute_plan(stp_worker.batch_plan, values, NULL, false, 0);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+	}
+	if (stp_worker.recheck)
+		stp_check_job_relations();
+	rows = decoded->nrows;
+	store_progress(upto, rows);
+	PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_ctx);
+
+	/* Only now may the slot forget what the batch applied. */
+	LogicalConfirmReceivedLocation(upto);
+	decoded_reset();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	stp_worker.offset = (int64) upto;
+	stp_worker.rows_processed += rows;
+	stp_count_rows(stp_worker.slot, rows);
+	return true;
+}
+
+/* ---- checks and clean-up ---- */
+
+/*
+ * Check what a slot job needs, before stp_start_job changes anything.
+ */
+void
+stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
+					  const char *order_column, const char *start_from)
+{
+	char	   *srcname = stp_qualified_relname(source);
+	ListCell   *lc;
+	HeapTuple	tup;
+	char		replident;
+	int			free_slots = 0;
+	const char *trusted;
+
+	/* A slot keeps WAL and catalog rows: as pg_create_logical_replication_slot. */
+	if (!superuser() && !has_rolreplication(GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a job with source 'slot'"),
+				 errdetail("Each partition of the job holds a logical replication slot, which keeps WAL and old catalog rows from removal."),
+				 errhint("Create the job as a superuser or as a role with the REPLICATION attribute.")));
+	if (wal_level < WAL_LEVEL_LOGICAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a job with source 'slot' needs wal_level = logical"),
+				 errdetail("The server runs with wal_level = %s.",
+						   GetConfigOption("wal_level", false, false)),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+	/*
+	 * Some builds of PostgreSQL load only the output plugins that a setting
+	 * names; a worker could then never decode.
+	 */
+	trusted = GetConfigOption("output_plugin_libraries", true, false);
+	if (trusted != NULL)
+	{
+		char	   *copy = pstrdup(trusted);
+		List	   *names = NIL;
+		bool		found = false;
+
+		if (SplitIdentifierString(copy, ',', &names))
+			foreach(lc, names)
+				found |= (strcmp(lfirst(lc), "stp") == 0);
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a job with source 'slot' needs \"stp\" in output_plugin_libraries"),
+					 errdetail("Its workers decode the WAL with the output plugin in stp's library, and output_plugin_libraries is '%s'.",
+							   trusted),
+					 errhint("Add stp to output_plugin_libraries in postgresql.conf and reload the server configuration.")));
+	}
+	if (!stp_catalog_has_column("jobs", "source_kind"))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the stp extension in this database is older than version 1.2, which jobs with source 'slot' need"),
+				 errhint("Run ALTER EXTENSION stp UPDATE.")));
+	if (order_column != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a job with source 'slot' has no order column"),
+				 errdetail("It decodes the source's changes from the WAL, in commit order."),
+				 errhint("Leave order_column NULL.")));
+	if (strcmp(start_from, "beginning") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job with source 'slot' cannot start from \"%s\"", start_from),
+				 errdetail("Its groups are computed from the source's rows, which an UPDATE or DELETE of an older row changes."),
+				 errhint("Use start_from => 'beginning'.")));
+	if (shape && shape->global)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job with source 'slot' needs a GROUP BY"),
+				 errhint("Group by at least one column.")));
+	if (shape && shape->hop_key >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job with source 'slot' cannot group by a hopping window"),
+				 errhint("Group by a tumbling window such as date_bin(...), or use a job with source 'table'.")));
+	foreach(lc, def->agg_kinds)
+	{
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
+
+		if (STP_AGG_IS_DISTINCT(kind))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job with source 'slot' cannot compute DISTINCT aggregates"),
+					 errhint("Use a job with source 'table', or count the distinct values with a GROUP BY.")));
+		if (STP_AGG_IS_SKETCH(kind))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job with source 'slot' cannot keep hll or tdigest sketches"),
+					 errhint("Use a job with source 'table'.")));
+	}
+	if (get_rel_relkind(source) == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job with source 'slot' cannot decode partitioned table %s", srcname),
+				 errdetail("The WAL holds the changes of its partitions, not of the partitioned table."),
+				 errhint("Use a job with source 'table' for a partitioned source.")));
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(source));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", source);
+	replident = ((Form_pg_class) GETSTRUCT(tup))->relreplident;
+	ReleaseSysCache(tup);
+	if (replident != REPLICA_IDENTITY_FULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("source %s does not log whole old rows", srcname),
+				 errdetail("A job with source 'slot' needs every column of the old row of each UPDATE and DELETE, to find the groups it changes."),
+				 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.", srcname)));
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+		if (!ReplicationSlotCtl->replication_slots[i].in_use)
+			free_slots++;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (free_slots < def->partitions)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("a job with source 'slot' and %d partitions needs %d free replication slots, but %d are free",
+						def->partitions, def->partitions, free_slots),
+				 errhint("Raise max_replication_slots, or use fewer partitions.")));
+}
+
+/*
+ * Drop this database's stp slots that belong to no partition of a slot
+ * job: those of dropped jobs whose workers had not let go of them yet,
+ * and those left behind by a DROP EXTENSION.  Returns true if such a slot
+ * was still in use (its worker is on its way out), for a later round.
+ * The caller is connected to SPI, in a transaction.
+ */
+bool
+stp_drop_orphan_slots(void)
+{
+	bool		busy = false;
+
+	char		prefix[NAMEDATALEN];
+	List	   *names = NIL;
+	ListCell   *lc;
+	bool		has_catalog;
+
+	if (max_replication_slots == 0)
+		return false;
+	snprintf(prefix, sizeof(prefix), "stp_%u_", MyDatabaseId);
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+
+		if (s->in_use && s->data.database == MyDatabaseId &&
+			strncmp(NameStr(s->data.name), prefix, strlen(prefix)) == 0)
+			names = lappend(names, pstrdup(NameStr(s->data.name)));
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (names == NIL)
+		return false;
+
+	has_catalog = OidIsValid(get_extension_oid("stp", true)) &&
+		stp_catalog_has_column("jobs", "source_kind");
+	foreach(lc, names)
+	{
+		char	   *name = lfirst(lc);
+		int32		job_id;
+		int32		partition;
+		bool		keep = false;
+
+		if (sscanf(name + strlen(prefix), "%d_%d", &job_id, &partition) != 2)
+			continue;
+		if (has_catalog)
+		{
+			Datum		args[2] = {Int32GetDatum(job_id), Int32GetDatum(partition)};
+
+			stp_catalog_exec("SELECT 1 FROM stp.jobs j JOIN stp.partitions p "
+							 "ON p.job_id OPERATOR(pg_catalog.=) j.job_id "
+							 "WHERE j.job_id OPERATOR(pg_catalog.=) $1 "
+							 "AND p.partition OPERATOR(pg_catalog.=) $2 "
+							 "AND j.source_kind OPERATOR(pg_catalog.=) 'slot'",
+							 2, (Oid[]) {INT4OID, INT4OID}, args, NULL, true, 1);
+			keep = (SPI_processed > 0);
+		}
+		if (keep || !slot_exists(name))
+			continue;
+		if (slot_active(name))
+		{
+			busy = true;
+			continue;
+		}
+		ereport(LOG,
+				(errmsg("stp drops replication slot \"%s\", which belongs to no job", name)));
+		ReplicationSlotDrop(name, true);
+	}
+	return busy;
+}
+
+/*
+ * Drop the slots of a job that stp_drop_job removes, once its workers have
+ * let go of them; a slot still in use is left to the starter's clean-up.
+ */
+void
+stp_drop_job_slots(int32 job_id, int32 partitions)
+{
+	for (int p = 0; p < partitions; p++)
+	{
+		char		name[NAMEDATALEN];
+		ReplicationSlot *s;
+		bool		idle;
+
+		stp_slot_name(name, MyDatabaseId, job_id, p);
+		LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+		s = SearchNamedReplicationSlot(name, false);
+		idle = (s != NULL && s->active_pid == 0);
+		LWLockRelease(ReplicationSlotControlLock);
+		if (idle)
+			ReplicationSlotDrop(name, true);
+	}
+}
+
+/*
+ * The slot's confirmed position, the WAL up to which the result of a slot
+ * job's partition holds every change; InvalidXLogRecPtr if it has no slot,
+ * or one whose groups are still being built.
+ */
+uint64
+stp_slot_confirmed(int32 job_id, int32 partition)
+{
+	char		name[NAMEDATALEN];
+	ReplicationSlot *s;
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	stp_slot_name(name, MyDatabaseId, job_id, partition);
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(name, false);
+	/* An ephemeral slot's groups are not built (committed) yet. */
+	if (s != NULL && s->data.persistency == RS_PERSISTENT)
+	{
+		SpinLockAcquire(&s->mutex);
+		lsn = s->data.confirmed_flush;
+		SpinLockRelease(&s->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return lsn;
+}
