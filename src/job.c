@@ -288,8 +288,118 @@ text_array(List *items)
 }
 
 /*
+ * Does the job aggregate count(DISTINCT ...)?  Its distinct tables are
+ * filled per group by one partition, so only the groups strategy keeps it.
+ */
+static bool
+has_count_distinct(StpJobDef *def)
+{
+	ListCell   *lc;
+
+	foreach(lc, def->agg_kinds)
+	{
+		if ((StpAggKind) lfirst_int(lc) == STP_AGG_COUNT_DISTINCT)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The rows and groups of the job's query over the newest rows of the
+ * source, at most STP_AUTO_SAMPLE_ROWS of them and no more than one batch:
+ * what strategy 'auto' decides from.
+ */
+static void
+sample_groups_per_batch(StpJobDef *def, int64 *rows, int64 *groups)
+{
+	bool		is_called;
+	int64		last = stp_sequence_last_value(def->sequence, &is_called);
+	int64		width = Min(def->batch_size, STP_AUTO_SAMPLE_ROWS);
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+	bool		isnull;
+
+	*rows = *groups = 0;
+	if (!is_called)
+		return;
+	values[0] = Int64GetDatum(last > PG_INT64_MIN + width ? last - width : PG_INT64_MIN);
+	values[1] = Int64GetDatum(last);
+	if (SPI_execute_with_args(stp_sample_sql(def), 2, types, values, NULL, true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not sample the groups of the job's source");
+	*rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*groups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+static bool decide_rows_mode(StpJobDef *def, const char *strategy, bool global);
+
+/*
+ * Resolve the strategy argument of stp_start_job: 'groups', 'rows' or
+ * 'auto'.  Row mode pays off when a batch has far fewer groups than rows:
+ * every worker then reads only its own id ranges and merges few groups.
+ * 'auto' takes it with more than one partition when the query has no
+ * GROUP BY (one group), or when the newest rows of the source hold at
+ * least STP_AUTO_ROWS_PER_GROUP rows per group; and never for
+ * count(DISTINCT), which row mode cannot merge.
+ */
+static bool
+choose_rows_mode(StpJobDef *def, const char *strategy, bool global)
+{
+	bool		rows_mode = decide_rows_mode(def, strategy, global);
+
+	if (global && def->partitions > 1 && !rows_mode)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job's query without GROUP BY cannot have more than one partition in strategy \"groups\""),
+				 errdetail("The query has one group, which one partition owns when partitions own groups."),
+				 errhint("Use strategy => 'rows', or partitions => 1.")));
+	return rows_mode;
+}
+
+/*
+ * The strategy that choose_rows_mode checks: see there.
+ */
+static bool
+decide_rows_mode(StpJobDef *def, const char *strategy, bool global)
+{
+	bool		can_store = stp_catalog_has_column("jobs", "strategy");
+	int64		rows,
+				groups;
+
+	if (strcmp(strategy, "groups") == 0)
+		return false;
+	if (strcmp(strategy, "rows") == 0)
+	{
+		if (has_count_distinct(def))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("strategy \"rows\" cannot keep count(DISTINCT ...)"),
+					 errdetail("In row mode several partitions merge into the same group, and the values a group has seen are kept per group by one partition only."),
+					 errhint("Use strategy => 'groups'.")));
+		if (!can_store)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the stp extension in this database is older than 1.2, which cannot keep strategy \"rows\""),
+					 errhint("Run ALTER EXTENSION stp UPDATE.")));
+		return true;
+	}
+	if (strcmp(strategy, "auto") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid strategy \"%s\"", strategy),
+				 errhint("Use 'groups' (partitions own groups), 'rows' (partitions own id ranges, for few groups) or 'auto'.")));
+	if (def->partitions == 1 || has_count_distinct(def) || !can_store)
+		return false;
+	if (global)
+		return true;
+	sample_groups_per_batch(def, &rows, &groups);
+	return groups > 0 && rows / groups >= STP_AUTO_ROWS_PER_GROUP;
+}
+
+/*
  * stp_start_job(job_name, query, result_table, partitions, order_column,
- *				 start_from, batch_size, poll_interval) returns the job id.
+ *				 start_from, batch_size, poll_interval,
+ *				 strategy) returns the job id.
  */
 Datum
 stp_start_job(PG_FUNCTION_ARGS)
@@ -313,6 +423,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	StpShape   *shape;
 	Oid			view_relid = InvalidOid;
+	char	   *strategy = "auto";
 
 	stp_check_not_null(fcinfo, 0, "job_name");
 	stp_check_not_null(fcinfo, 1, "query");
@@ -331,6 +442,18 @@ stp_start_job(PG_FUNCTION_ARGS)
 	start_from = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	def.batch_size = PG_GETARG_INT32(6);
 	poll_ms = stp_interval_ms(PG_GETARG_INTERVAL_P(7), "poll_interval");
+	/* The function of a catalog before 1.2 has no strategy argument. */
+	if (PG_NARGS() > 8)
+	{
+		stp_check_not_null(fcinfo, 8, "strategy");
+		strategy = text_to_cstring(PG_GETARG_TEXT_PP(8));
+	}
+	if (strcmp(strategy, "groups") != 0 && strcmp(strategy, "rows") != 0 &&
+		strcmp(strategy, "auto") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid strategy \"%s\"", strategy),
+				 errhint("Use 'groups' (partitions own groups), 'rows' (partitions own id ranges, for few groups) or 'auto'.")));
 
 	if (strlen(job_name) == 0 || strlen(job_name) >= NAMEDATALEN)
 		ereport(ERROR,
@@ -422,6 +545,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("%s", reason)));
 	}
+
+	def.rows_mode = choose_rows_mode(&def, strategy, shape && shape->global);
 
 	if (OidIsValid(result_relid) && shape)
 		ereport(ERROR,
@@ -554,6 +679,15 @@ stp_start_job(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
+		if (def.rows_mode)
+		{
+			types[0] = INT4OID;
+			values[0] = Int32GetDatum(job_id);
+			if (stp_catalog_exec("UPDATE stp.jobs SET strategy = 'rows' "
+								 "WHERE job_id OPERATOR(pg_catalog.=) $1",
+								 1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the job's strategy");
+		}
 
 		types[0] = INT4OID;
 		types[1] = INT8OID;

@@ -32,6 +32,14 @@
 /* Upper bound on partitions per job. */
 #define STP_MAX_PARTITIONS		64
 
+/*
+ * strategy 'auto' takes row mode when the newest rows of the source, at
+ * most STP_AUTO_SAMPLE_ROWS of them, hold at least STP_AUTO_ROWS_PER_GROUP
+ * rows per group.
+ */
+#define STP_AUTO_SAMPLE_ROWS	1000000
+#define STP_AUTO_ROWS_PER_GROUP	10
+
 /* Sizes of the shared registry. */
 #define STP_MAX_DATABASES		64
 #define STP_MAX_SLOTS			1024
@@ -198,11 +206,13 @@ typedef struct StpJobDef
 	List	   *agg_filters;	/* of char *, the FILTER condition or NULL */
 	char	   *where_clause;	/* NULL if none */
 	bool		restored;		/* created elsewhere: restored from a dump */
+	bool		rows_mode;		/* strategy 'rows': workers own id ranges */
 } StpJobDef;
 
 /* sqlgen.c */
 extern char *stp_batch_sql(StpJobDef *def, int32 partition);
 extern char *stp_probe_sql(StpJobDef *def);
+extern char *stp_sample_sql(StpJobDef *def);
 extern char *stp_agg_kind_name(StpAggKind kind);
 extern StpAggKind stp_agg_kind_from_name(const char *name);
 extern char *stp_avg_sum_column(const char *name);
