@@ -40,7 +40,7 @@ def parse_args():
     p.add_argument("--sections", default="drain,wait,writer,freshness")
     p.add_argument("--wait-rows", type=int)
     p.add_argument("--open-secs", type=int)
-    p.add_argument("--workloads", default="w1,w2,w3")
+    p.add_argument("--workloads", default="w1,w2,w3,g4,g1")
     p.add_argument("--partitions")
     p.add_argument("--pgbench-secs", type=int)
     p.add_argument("--fresh-secs", type=int)
