@@ -37,7 +37,7 @@
  * most STP_AUTO_SAMPLE_ROWS of them, hold at least STP_AUTO_ROWS_PER_GROUP
  * rows per group.
  */
-#define STP_AUTO_SAMPLE_ROWS	1000000
+#define STP_AUTO_SAMPLE_ROWS	100000
 #define STP_AUTO_ROWS_PER_GROUP	10
 
 /* Sizes of the shared registry. */
