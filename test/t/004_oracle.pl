@@ -383,9 +383,9 @@ sub make_jobs
 	push @{ $jobs[ $_ % $njobs ]{aggs} }, $a[$_] for 0 .. $#a;
 	my @parts = shuffle(map { ($_ % 4) + 1 } 0 .. $njobs - 1);
 
-	# One job has no GROUP BY, so one partition; its keys go to the last
-	# job, which keeps only its groups, and it takes a partition count of
-	# 1 from another job.  Not in the self-test, which updates the result.
+	# One job has no GROUP BY (in row mode, on 3 partitions); its keys go
+	# to the last job, which keeps only its groups, and its partition count
+	# goes to another job.  Not in the self-test, which updates the result.
 	my $global = $selftest ? -1 : $njobs - 2;
 	if ($global >= 0)
 	{
@@ -442,6 +442,12 @@ sub make_jobs
 		  ? int(exp(rand(log(60))))
 		  : int(100 * exp(rand(log(50))));
 		$j->{partitions} = $parts[$i];
+
+		# Row mode (partitions own id ranges and merge into shared
+		# groups) for every third job, 'auto' for the next; the job
+		# without GROUP BY runs in row mode on 3 partitions.
+		$j->{strategy} = ('rows', 'auto', 'groups')[ $i % 3 ];
+		@$j{qw(strategy partitions)} = ('rows', 3) if $i == $global;
 		$j->{poll} = pick('10 ms', '50 ms', '100 ms');
 		$j->{start} = $i % 2 ? 'during' : 'before';
 		$j->{result} =
@@ -515,7 +521,7 @@ sub describe_job
 {
 	my ($j) = @_;
 	my $g = $j->{gucs};
-	return "$j->{name}: $j->{source}, $j->{partitions} partition(s), batch_size $j->{batch_size}, "
+	return "$j->{name}: $j->{source}, $j->{partitions} partition(s), strategy $j->{strategy}, batch_size $j->{batch_size}, "
 	  . "started $j->{start} the writers, TimeZone=$g->{TimeZone} DateStyle='$g->{DateStyle}' "
 	  . "IntervalStyle=$g->{IntervalStyle} extra_float_digits=$g->{extra_float_digits}\n"
 	  . "    $j->{query}";
@@ -1074,7 +1080,8 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		my ($ret, $stdout, $stderr) = $node->psql(
 			$db, gucs_sql($j)
 			  . "SELECT stp_start_job('$j->{name}', \$oracle\$$j->{query}\$oracle\$, '$j->{result}', "
-			  . "partitions => $j->{partitions}, batch_size => $j->{batch_size}, poll_interval => '$j->{poll}')");
+			  . "partitions => $j->{partitions}, batch_size => $j->{batch_size}, poll_interval => '$j->{poll}', "
+			  . "strategy => '$j->{strategy}')");
 		$j->{started} = $ret == 0;
 		ok($j->{started}, "$j->{name}: job starts") or diag describe_job($j) . "\n$stderr";
 	};
@@ -1100,6 +1107,11 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 	my @running = grep { $_->{start} eq 'before' && $_->{started} } @jobs;
 	my $victim = @running ? pick(@running) : undef;
 	push @events, [ $size{write_secs} * 0.4, 'stop', $victim ] if $victim;
+
+	# Kill row-mode workers in the middle of whatever they do (a merge
+	# under row locks, a wait for another partition's locks): the launcher
+	# starts them again, and nothing may be lost or counted twice.
+	push @events, map { [ 1 + rand($size{write_secs} * 0.8), 'kill', undef ] } 1 .. 6;
 	for my $e (sort { $a->[0] <=> $b->[0] } @events)
 	{
 		my $wait = $tw + $e->[0] - time();
@@ -1107,6 +1119,15 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		if ($e->[1] eq 'start')
 		{
 			$start_job->($e->[2]);
+		}
+		elsif ($e->[1] eq 'kill')
+		{
+			my $killed = $node->safe_psql(
+				$db, q{SELECT s.job_name || ' partition ' || s.partition || ': ' || pg_terminate_backend(s.pid)
+				FROM stp.job_status s JOIN stp.jobs j ON j.job_name = s.job_name
+				WHERE j.strategy = 'rows' AND j.partitions > 1 AND s.pid IS NOT NULL
+				ORDER BY random() LIMIT 1});
+			note "row-mode worker terminated: $killed" if $killed ne '';
 		}
 		else
 		{
