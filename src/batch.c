@@ -464,8 +464,10 @@ next_batch_range(int64 *lo, int64 *hi, int64 *upto)
 
 	if (!def->rows_mode || def->partitions == 1)
 	{
+		int64		width = Max(stp_worker.batch_ids, def->batch_size);
+
 		*lo = offset;
-		*hi = def->batch_size >= safe - offset ? safe : offset + def->batch_size;
+		*hi = width >= safe - offset ? safe : offset + width;
 		*hi = Max(*hi, offset);
 		*upto = *hi;
 		return;
@@ -484,6 +486,33 @@ next_batch_range(int64 *lo, int64 *hi, int64 *upto)
 		*hi = Min(end, safe);
 		*upto = Min(row_next_own(def, stp_worker.args.partition, *hi), safe);
 	}
+}
+
+/*
+ * Adapt the size of the next batch to the backlog (groups mode).  A
+ * partition far behind merges each of its groups once per batch, so
+ * larger batches merge less: W3 (2M keys) spends most of its time
+ * merging.  The batch grows only while batches stay short, so that a
+ * batch keeps its time bound; memory stays bounded by work_mem, past which
+ * the aggregation and the sort before the merge spill to disk.  Row mode
+ * keeps its ranges, batch_size / N ids wide: they are what the partitions'
+ * progress is counted in, and they give every partition work while the
+ * backlog lasts.
+ */
+static void
+adapt_batch_size(int64 hi, long ms)
+{
+	StpJobDef  *def = stp_worker.def;
+	int64		max_ids = def->batch_size * STP_GROW_MAX_FACTOR;
+
+	if (def->rows_mode && def->partitions > 1)
+		return;
+	if (stp_worker.batch_ids < def->batch_size || hi >= stp_worker.safe_upto)
+		stp_worker.batch_ids = def->batch_size;		/* caught up */
+	else if (ms < STP_GROW_BELOW_MS)
+		stp_worker.batch_ids = Min(stp_worker.batch_ids * 2, max_ids);
+	else if (ms > 2 * STP_GROW_BELOW_MS)
+		stp_worker.batch_ids = Max(stp_worker.batch_ids / 2, def->batch_size);
 }
 
 /*
@@ -649,10 +678,14 @@ stp_worker_step(bool *stop)
 	MemoryContextSwitchTo(caller_ctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
-		 INT64_FORMAT " rows in %ld ms",
-		 stp_worker.args.job_id, stp_worker.args.partition, lo, hi, rows,
-		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
+	{
+		long		ms = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
+
+		elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
+			 INT64_FORMAT " rows in %ld ms",
+			 stp_worker.args.job_id, stp_worker.args.partition, lo, hi, rows, ms);
+		adapt_batch_size(hi, ms);
+	}
 	stp_worker.offset = upto;
 	stp_worker.rows_processed += rows;
 	stp_count_rows(stp_worker.slot, rows);

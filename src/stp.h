@@ -40,6 +40,16 @@
 #define STP_AUTO_SAMPLE_ROWS	100000
 #define STP_AUTO_ROWS_PER_GROUP	10
 
+/*
+ * Adaptive batches (groups mode): while a partition is behind, its batch
+ * doubles after every batch that took less than STP_GROW_BELOW_MS, up to
+ * STP_GROW_MAX_FACTOR times the job's batch_size; it halves after one that
+ * took more than twice that, and goes back to batch_size once the
+ * partition has caught up.
+ */
+#define STP_GROW_BELOW_MS		1000
+#define STP_GROW_MAX_FACTOR		8
+
 /* Sizes of the shared registry. */
 #define STP_MAX_DATABASES		64
 #define STP_MAX_SLOTS			1024
