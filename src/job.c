@@ -339,8 +339,9 @@ static bool decide_rows_mode(StpJobDef *def, const char *strategy, bool global);
  * every worker then reads only its own id ranges and merges few groups.
  * 'auto' takes it with more than one partition when the query has no
  * GROUP BY (one group), or when the newest rows of the source hold at
- * least STP_AUTO_ROWS_PER_GROUP rows per group; and never for
- * count(DISTINCT), which row mode cannot merge.
+ * least STP_AUTO_ROWS_PER_GROUP rows per group per partition (a smaller
+ * sample than a batch shows fewer rows per group, so it errs towards
+ * groups); and never for count(DISTINCT), which row mode cannot merge.
  */
 static bool
 choose_rows_mode(StpJobDef *def, const char *strategy, bool global)
@@ -393,7 +394,7 @@ decide_rows_mode(StpJobDef *def, const char *strategy, bool global)
 	if (global)
 		return true;
 	sample_groups_per_batch(def, &rows, &groups);
-	return groups > 0 && rows / groups >= STP_AUTO_ROWS_PER_GROUP;
+	return groups > 0 && rows / groups >= STP_AUTO_ROWS_PER_GROUP * def->partitions;
 }
 
 /*

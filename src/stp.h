@@ -35,10 +35,14 @@
 /*
  * strategy 'auto' takes row mode when the newest rows of the source, at
  * most STP_AUTO_SAMPLE_ROWS of them, hold at least STP_AUTO_ROWS_PER_GROUP
- * rows per group.
+ * rows per group per partition.  Merging a group costs about as much as
+ * aggregating 80 rows, and in row mode the partitions' merges into the
+ * same rows take turns: measured on 4M rows and 2 partitions, 1,000 groups
+ * per 500,000-id range ran 1.8 times as fast as 1 partition, 10,000 groups
+ * no faster.
  */
 #define STP_AUTO_SAMPLE_ROWS	100000
-#define STP_AUTO_ROWS_PER_GROUP	10
+#define STP_AUTO_ROWS_PER_GROUP	100
 
 /*
  * Adaptive batches (groups mode): while a partition is behind, its batch
