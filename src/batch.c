@@ -492,8 +492,8 @@ next_batch_range(int64 *lo, int64 *hi, int64 *upto)
  * Adapt the size of the next batch to the backlog (groups mode).  A
  * partition far behind merges each of its groups once per batch, so
  * larger batches merge less: W3 (2M keys) spends most of its time
- * merging.  The batch grows only while batches stay short, so that a
- * batch keeps its time bound; memory stays bounded by work_mem, past which
+ * merging.  The batch grows only while batches take less than
+ * STP_GROW_BELOW_MS, so that a batch keeps a time bound; memory stays bounded by work_mem, past which
  * the aggregation and the sort before the merge spill to disk.  Row mode
  * keeps its ranges, batch_size / N ids wide: they are what the partitions'
  * progress is counted in, and they give every partition work while the
