@@ -331,34 +331,16 @@ sample_groups_per_batch(StpJobDef *def, int64 *rows, int64 *groups)
 	*groups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 }
 
-static bool decide_rows_mode(StpJobDef *def, const char *strategy, bool global);
-
 /*
- * Resolve the strategy argument of stp_start_job: 'groups', 'rows' or
- * 'auto'.  Row mode pays off when a batch has far fewer groups than rows:
- * every worker then reads only its own id ranges and merges few groups.
- * 'auto' takes it with more than one partition when the query has no
- * GROUP BY (one group), or when the newest rows of the source hold at
- * least STP_AUTO_ROWS_PER_GROUP rows per group per partition (a smaller
- * sample than a batch shows fewer rows per group, so it errs towards
- * groups); and never for count(DISTINCT), which row mode cannot merge.
- */
-static bool
-choose_rows_mode(StpJobDef *def, const char *strategy, bool global)
-{
-	bool		rows_mode = decide_rows_mode(def, strategy, global);
-
-	if (global && def->partitions > 1 && !rows_mode)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a job's query without GROUP BY cannot have more than one partition in strategy \"groups\""),
-				 errdetail("The query has one group, which one partition owns when partitions own groups."),
-				 errhint("Use strategy => 'rows', or partitions => 1.")));
-	return rows_mode;
-}
-
-/*
- * The strategy that choose_rows_mode checks: see there.
+ * Resolve the strategy argument of stp_start_job, 'groups', 'rows' or
+ * 'auto' (checked by the caller): does the job run in row mode?  Row mode
+ * pays off when a batch has far fewer groups than rows: every worker then
+ * reads only its own id ranges and merges few groups.  'auto' takes it
+ * with more than one partition when the query has no GROUP BY (one
+ * group), or when the newest rows of the source hold at least
+ * STP_AUTO_ROWS_PER_GROUP rows per group per partition (a smaller sample
+ * than a batch shows fewer rows per group, so it errs towards groups); and
+ * never for count(DISTINCT), which row mode cannot merge.
  */
 static bool
 decide_rows_mode(StpJobDef *def, const char *strategy, bool global)
@@ -384,17 +366,31 @@ decide_rows_mode(StpJobDef *def, const char *strategy, bool global)
 					 errhint("Run ALTER EXTENSION stp UPDATE.")));
 		return true;
 	}
-	if (strcmp(strategy, "auto") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid strategy \"%s\"", strategy),
-				 errhint("Use 'groups' (partitions own groups), 'rows' (partitions own id ranges, for few groups) or 'auto'.")));
 	if (def->partitions == 1 || has_count_distinct(def) || !can_store)
 		return false;
 	if (global)
 		return true;
 	sample_groups_per_batch(def, &rows, &groups);
 	return groups > 0 && rows / groups >= STP_AUTO_ROWS_PER_GROUP * def->partitions;
+}
+
+/*
+ * The strategy of a new job (see decide_rows_mode), refusing a query
+ * without GROUP BY on more than one partition in groups mode: its one
+ * group would belong to one partition, and the others would idle.
+ */
+static bool
+choose_rows_mode(StpJobDef *def, const char *strategy, bool global)
+{
+	bool		rows_mode = decide_rows_mode(def, strategy, global);
+
+	if (global && def->partitions > 1 && !rows_mode)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job's query without GROUP BY cannot have more than one partition in strategy \"groups\""),
+				 errdetail("The query has one group, which one partition owns when partitions own groups."),
+				 errhint("Use strategy => 'rows', or partitions => 1.")));
+	return rows_mode;
 }
 
 /*
