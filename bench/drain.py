@@ -192,6 +192,10 @@ class DrainBench:
                              "FROM stp.job_status WHERE job_name = %s "
                              "ORDER BY partition", (job,))
             rec["status"] = [list(map(str, r)) for r in status]
+            strategy = q(conn, "SELECT strategy FROM stp.jobs "
+                               "WHERE job_name = %s", (job,))
+            rec["strategy"] = strategy[0][0] if strategy else "?"
+            log("%s %s: strategy %s" % (w.name, contender, rec["strategy"]))
             if not waited.get("ok"):
                 rec["errors"].append("wait (%s) returned %r; status %r"
                                      % (self.wait_mode, waited.get("ok"),

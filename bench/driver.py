@@ -42,7 +42,7 @@ def parse_args():
     p.add_argument("--sections", default="drain,wait,shapes,writer,freshness")
     p.add_argument("--wait-rows", type=int)
     p.add_argument("--open-secs", type=int)
-    p.add_argument("--workloads", default="w1,w2,w3,w1h,w3h")
+    p.add_argument("--workloads", default="w1,w2,w3,w1h,w3h,g4,g1")
     p.add_argument("--partitions")
     p.add_argument("--pgbench-secs", type=int)
     p.add_argument("--fresh-secs", type=int)

@@ -57,12 +57,14 @@ class Workload:
         sql = "SELECT %s FROM %s" % (", ".join(cols), table or self.table)
         if where:
             sql += " WHERE " + where
+        if not self.groups:
+            return sql              # one group: no GROUP BY
         return sql + " GROUP BY " + ", ".join(g[0] for g in self.groups)
 
     # --- baseline result tables ------------------------------------------
     def result_columns(self):
         """(name, type) of a baseline result table, state columns last."""
-        cols = [(g[0], g[2]) for g in self.groups]
+        cols = [(g[0], g[2]) for g in self.key_columns()]
         state = []
         for oname, kind, arg, typ in self.aggs:
             cols.append((oname, typ))
@@ -71,9 +73,14 @@ class Workload:
                           ("_%s_cnt" % oname, "bigint")]
         return cols + state
 
+    def key_columns(self):
+        """The baselines' key columns: a constant one for a query without
+        GROUP BY, so that its one row can be upserted like any other."""
+        return self.groups or [("_g", "true", "bool")]
+
     def create_result_sql(self, name):
         cols = ", ".join("%s %s" % c for c in self.result_columns())
-        pk = ", ".join(g[0] for g in self.groups)
+        pk = ", ".join(g[0] for g in self.key_columns())
         return "CREATE TABLE %s (%s, PRIMARY KEY (%s))" % (name, cols, pk)
 
     def partial_select(self, source_cols):
@@ -84,8 +91,9 @@ class Workload:
         """
         grouped = source_cols is None
         out = []
-        for gname, gexpr, _ in self.groups:
-            out.append(gexpr if grouped else source_cols[gname])
+        for gname, gexpr, _ in self.key_columns():
+            out.append(gexpr if grouped or not self.groups
+                       else source_cols[gname])
         state = []
         for oname, kind, arg, _ in self.aggs:
             if grouped:
@@ -117,7 +125,7 @@ class Workload:
         return ", ".join(sets)
 
     def upsert_sql(self, result, select_list, from_where_group):
-        pk = ", ".join(g[0] for g in self.groups)
+        pk = ", ".join(g[0] for g in self.key_columns())
         return ("INSERT INTO %s AS r SELECT %s %s ON CONFLICT (%s) DO UPDATE SET %s"
                 % (result, ", ".join(select_list), from_where_group, pk,
                    self.merge_set()))
@@ -131,8 +139,9 @@ class Workload:
                 "(name text PRIMARY KEY, upto bigint NOT NULL)")
         q(conn, "INSERT INTO bench_v1_offset VALUES (%s, 0) "
                 "ON CONFLICT (name) DO UPDATE SET upto = 0", (result,))
-        batch_from = ("FROM %s WHERE id > lo AND id <= lo + p_batch GROUP BY %s"
-                      % (self.table, ", ".join(g[1] for g in self.groups)))
+        batch_from = ("FROM %s WHERE id > lo AND id <= lo + p_batch" % self.table)
+        if self.groups:
+            batch_from += " GROUP BY " + ", ".join(g[1] for g in self.groups)
         upsert = self.upsert_sql(result, self.partial_select(None), batch_from)
         q(conn, """
 CREATE OR REPLACE PROCEDURE %s(p_hi bigint, p_batch bigint)
@@ -173,7 +182,8 @@ $fn$""" % (fn, upsert))
 
 
 def make_workloads(rows):
-    """The three workloads; W3's key count scales with the row count."""
+    """The workloads; W3's key count scales with the row count.  G4 and G1
+    (few groups, for row mode) are run only when --workloads names them."""
     keys3 = max(1, int(2000000 * rows / 10000000))
     w1 = Workload(
         "w1", "events", 10000,
@@ -200,7 +210,16 @@ def make_workloads(rows):
     w3h = Workload(w3.name + "h", "events3_h", w3.keys, w3.groups, w3.aggs,
                    w3.title.replace("W3:", "W3h: W3 on 8 hash leaves;"))
     w1h.name, w3h.name = "w1h", "w3h"
-    return {"w1": w1, "w2": w2, "w3": w3, "w1h": w1h, "w3h": w3h}
+    g4 = Workload(
+        "g4", "events", 10000,
+        [("k4", "key % 4", "int")],
+        [("cnt", "count", None, "bigint"), ("s", "sum", "v", "float8")],
+        "G4: 4 groups (key % 4) of events; count, sum")
+    g1 = Workload(
+        "g1", "events", 10000, [],
+        [("cnt", "count", None, "bigint"), ("s", "sum", "v", "float8")],
+        "G1: one group (no GROUP BY) of events; count, sum")
+    return {"w1": w1, "w2": w2, "w3": w3, "w1h": w1h, "w3h": w3h, "g4": g4, "g1": g1}
 
 
 HASH_LEAVES = 8

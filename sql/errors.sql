@@ -38,6 +38,9 @@ SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k', 'r', poll_interval => '1 month')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k', 'r', start_from => 'yesterday')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k', 'r', order_column => '')$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k', 'r', strategy => NULL)$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k', 'r', strategy => 'hash')$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(DISTINCT v) AS n FROM src GROUP BY k', 'r', partitions => 2, strategy => 'rows')$q$);
 
 -- Queries that are not one SELECT
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELEC k FROM src', 'r')$q$);
@@ -66,7 +69,7 @@ SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, string_agg(
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, max(DISTINCT v) AS n FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, avg(iv) AS a FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, sum(t) AS s FROM src GROUP BY k', 'r')$q$);
-SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT count(*) AS n FROM src', 'r', partitions => 2)$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT count(*) AS n FROM src', 'r', partitions => 2, strategy => 'groups')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k FROM src', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS n FROM src GROUP BY k OFFSET 1', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) + 0 FROM src GROUP BY k', 'r')$q$);

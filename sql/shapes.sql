@@ -177,7 +177,7 @@ END $$;
 CREATE TABLE shp_pk (id int PRIMARY KEY GENERATED ALWAYS AS IDENTITY, name text, v int);
 \x on
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT id, name, sum(v) AS s FROM shp_pk GROUP BY id', 'bad')$q$);
-SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT count(*) AS n FROM shp', 'bad', partitions => 2)$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT count(*) AS n FROM shp', 'bad', partitions => 2, strategy => 'groups')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM shp GROUP BY grp ORDER BY n LIMIT 3', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM shp GROUP BY grp OFFSET 1', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT sub, count(*) AS n FROM shp GROUP BY sub ORDER BY sub USING ~<~', 'bad')$q$);

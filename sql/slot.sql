@@ -116,6 +116,8 @@ SELECT stp_start_job('bad', $$SELECT k, w, count(*) AS n FROM ev_hop, stp.hop(ts
 CREATE TABLE parted (id int, k int) PARTITION BY HASH (k);
 CREATE TABLE parted_0 PARTITION OF parted FOR VALUES WITH (MODULUS 1, REMAINDER 0);
 SELECT stp_start_job('bad', 'SELECT k, count(*) AS n FROM parted GROUP BY k', 'bad', source => 'slot');
+SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad',
+                     source => 'slot', partitions => 2, strategy => 'rows');
 DROP TABLE ev_hop, parted;
 -- The partition count of a slot job cannot change; its batch size can.
 SELECT stp_alter_job('acct_sums', partitions => 3);

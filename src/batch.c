@@ -12,6 +12,19 @@
  * twice.  The progress update is fenced on the previous offset: a second
  * worker for the same partition could not commit a batch twice.
  *
+ * In row mode (strategy 'rows') the partitions own id ranges instead of
+ * groups: ranges batch_size / N ids wide, range r owned by partition
+ * r mod N.  A partition reads only its own ranges, without routing, and
+ * merges every group it found into the shared result rows.  The batch
+ * statement upserts in key order, so two partitions that merge into the
+ * same rows lock them in the same order and cannot deadlock; a row lock
+ * is held from the merge to the commit.  The progress row says exactly
+ * which ranges are done: every id of the partition's own ranges up to
+ * processed_upto, which also moves over the other partitions' ranges up
+ * to the next range of its own (as far as ids have settled), so that
+ * every partition's progress passes an id once every range below it is
+ * done.
+ *
  * Never skipping a row: order-column values come from a CACHE 1 sequence,
  * but transactions commit out of order.  Before reading up to the
  * sequence's last value L, the worker waits for every transaction that
@@ -488,13 +501,132 @@ try_finish_resize(void)
 }
 
 /*
+ * Row mode: the width of the id ranges that the partitions take in turn.
+ * One round of ranges, one per partition, is one batch_size: a backlog of
+ * one batch already gives every partition work.
+ */
+static int64
+row_range_width(StpJobDef *def)
+{
+	return Max((def->batch_size + def->partitions - 1) / def->partitions, 1);
+}
+
+/*
+ * Row mode: the range number of the id just above offset.  Range r holds
+ * the ids (r * width, (r + 1) * width], and partition r mod N owns it.
+ */
+static int64
+row_range_of(int64 offset, int64 width)
+{
+	int64		r = offset / width;
+
+	if (offset < 0 && r * width != offset)
+		r--;					/* round towards minus infinity */
+	return r;
+}
+
+/*
+ * Row mode: the start of the next range that this partition owns at or
+ * after offset; offset itself if the id above it is the partition's.  Every
+ * id between offset and the result belongs to other partitions, so the
+ * partition's progress may move over them without reading them.
+ */
+static int64
+row_next_own(StpJobDef *def, int32 partition, int64 offset)
+{
+	int64		width = row_range_width(def);
+	int64		r = row_range_of(offset, width);
+	int64		owner = ((r % def->partitions) + def->partitions) % def->partitions;
+	int64		skip = ((partition - owner) % def->partitions + def->partitions) % def->partitions;
+
+	if (skip == 0)
+		return offset;
+	if (r + skip > PG_INT64_MAX / width - 1)
+		return PG_INT64_MAX;
+	return (r + skip) * width;
+}
+
+/*
+ * The ids of the partition's next batch, (*lo, *hi], and the progress it
+ * records when that batch commits, *upto.  Groups mode reads on from its
+ * offset.  Row mode reads the rest of its current own range, or of the
+ * next one, and records progress past the ranges of the other partitions
+ * that follow, as far as every id has settled: so a partition that has
+ * nothing of its own left to read still shows that it has caught up (and
+ * stp_wait, which waits for every partition's progress, returns).  *lo ==
+ * *hi when there is nothing to read; *upto > offset then still moves the
+ * progress on.
+ */
+static void
+next_batch_range(int64 *lo, int64 *hi, int64 *upto)
+{
+	StpJobDef  *def = stp_worker.def;
+	int64		offset = stp_worker.offset;
+	int64		safe = stp_worker.safe_upto;
+
+	if (!def->rows_mode || def->partitions == 1)
+	{
+		int64		width = Max(stp_worker.batch_ids, def->batch_size);
+
+		*lo = offset;
+		*hi = width >= safe - offset ? safe : offset + width;
+		*hi = Max(*hi, offset);
+		*upto = *hi;
+		return;
+	}
+	*lo = row_next_own(def, stp_worker.args.partition, offset);
+	if (*lo >= safe)
+	{
+		*lo = *hi = *upto = Max(offset, safe);
+		return;
+	}
+	{
+		int64		width = row_range_width(def);
+		int64		r = row_range_of(*lo, width);
+		int64		end = r < PG_INT64_MAX / width - 1 ? (r + 1) * width : PG_INT64_MAX;
+
+		*hi = Min(end, safe);
+		*upto = Min(row_next_own(def, stp_worker.args.partition, *hi), safe);
+	}
+}
+
+/*
+ * Adapt the size of the next batch to the backlog (groups mode).  A
+ * partition far behind merges each of its groups once per batch, so
+ * larger batches merge less: W3 (2M keys) spends most of its time
+ * merging.  The batch grows only while batches take less than
+ * STP_GROW_BELOW_MS, so that a batch keeps a time bound; memory stays bounded by work_mem, past which
+ * the aggregation and the sort before the merge spill to disk.  Row mode
+ * keeps its ranges, batch_size / N ids wide: they are what the partitions'
+ * progress is counted in, and they give every partition work while the
+ * backlog lasts.
+ */
+static void
+adapt_batch_size(int64 hi, long ms)
+{
+	StpJobDef  *def = stp_worker.def;
+	int64		max_ids = def->batch_size * STP_GROW_MAX_FACTOR;
+
+	if (def->rows_mode && def->partitions > 1)
+		return;
+	if (stp_worker.batch_ids < def->batch_size || hi >= stp_worker.safe_upto)
+		stp_worker.batch_ids = def->batch_size;		/* caught up */
+	else if (ms < STP_GROW_BELOW_MS)
+		stp_worker.batch_ids = Min(stp_worker.batch_ids * 2, max_ids);
+	else if (ms > 2 * STP_GROW_BELOW_MS)
+		stp_worker.batch_ids = Max(stp_worker.batch_ids / 2, def->batch_size);
+}
+
+/*
  * Run one batch if there is one.  Returns whether it did work; sets *stop
  * when the job was stopped or dropped under the worker.
  */
 bool
 stp_worker_step(bool *stop)
 {
-	int64		hi;
+	int64		lo,
+				hi,
+				upto;
 	int64		rows = 0;
 	TimestampTz started;
 	ListCell   *lc;
@@ -561,7 +693,8 @@ stp_worker_step(bool *stop)
 		return stp_slot_step(stop);
 	}
 
-	if (stp_worker.offset >= stp_worker.safe_upto)
+	next_batch_range(&lo, &hi, &upto);
+	if (upto <= stp_worker.offset)
 	{
 		bool		is_called;
 		int64		last;
@@ -576,9 +709,10 @@ stp_worker_step(bool *stop)
 				wait_for_lockers(lfirst_oid(lc));
 			stp_worker.safe_upto = last;
 		}
+		next_batch_range(&lo, &hi, &upto);
 	}
 
-	if (stp_worker.offset >= stp_worker.safe_upto)
+	if (upto <= stp_worker.offset)
 	{
 		/* Caught up: still check the tables, so that a change shows now. */
 		guard_tables();
@@ -592,10 +726,6 @@ stp_worker_step(bool *stop)
 	}
 
 	stp_set_slot_state(STP_WS_RUNNING);
-	if (stp_worker.def->batch_size >= stp_worker.safe_upto - stp_worker.offset)
-		hi = stp_worker.safe_upto;
-	else
-		hi = stp_worker.offset + stp_worker.def->batch_size;
 
 	/* Taken after the wait, so that it sees every settled writer. */
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -656,8 +786,9 @@ stp_worker_step(bool *stop)
 			forget_job();
 			return false;
 		}
+		/* A job with a pending resize owns groups, so upto is hi. */
 		if (cut_known && hi > cut_at)
-			hi = cut_at;
+			hi = upto = cut_at;
 		if (hi <= stp_worker.offset)
 		{
 			/* At the cut of a pending resize: nothing to read until it is done. */
@@ -678,22 +809,29 @@ stp_worker_step(bool *stop)
 	 */
 	guard_tables();
 
-	pgstat_report_activity(STATE_RUNNING, "stp: batch");
-	values[0] = Int64GetDatum(stp_worker.offset);
-	values[1] = Int64GetDatum(hi);
-	ret = SPI_execute_plan(stp_worker.batch_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
-	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
-
-	/* The distinct counts, after the batch made their groups. */
-	foreach(lc, stp_worker.distinct_plans)
+	/*
+	 * In row mode the range may hold nothing of this partition's own, and
+	 * the progress alone moves over the other partitions' ranges.
+	 */
+	if (hi > lo)
 	{
-		ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "distinct count statement failed: %s",
-				 SPI_result_code_string(ret));
+		pgstat_report_activity(STATE_RUNNING, "stp: batch");
+		values[0] = Int64GetDatum(lo);
+		values[1] = Int64GetDatum(hi);
+		ret = SPI_execute_plan(stp_worker.batch_plan, values, NULL, false, 0);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+		rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+
+		/* The distinct counts, after the batch made their groups. */
+		foreach(lc, stp_worker.distinct_plans)
+		{
+			ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
+			if (ret != SPI_OK_INSERT)
+				elog(ERROR, "distinct count statement failed: %s",
+					 SPI_result_code_string(ret));
+		}
 	}
 
 	/*
@@ -706,7 +844,7 @@ stp_worker_step(bool *stop)
 
 	values[0] = Int32GetDatum(stp_worker.args.job_id);
 	values[1] = Int32GetDatum(stp_worker.args.partition);
-	values[2] = Int64GetDatum(hi);
+	values[2] = Int64GetDatum(upto);
 	values[3] = Int64GetDatum(rows);
 	ret = stp_catalog_exec_plan(stp_worker.progress_plan, values);
 	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
@@ -719,11 +857,15 @@ stp_worker_step(bool *stop)
 	MemoryContextSwitchTo(caller_ctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
-		 INT64_FORMAT " rows in %ld ms",
-		 stp_worker.args.job_id, stp_worker.args.partition, stp_worker.offset, hi, rows,
-		 TimestampDifferenceMilliseconds(started, GetCurrentTimestamp()));
-	stp_worker.offset = hi;
+	{
+		long		ms = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
+
+		elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
+			 INT64_FORMAT " rows in %ld ms",
+			 stp_worker.args.job_id, stp_worker.args.partition, lo, hi, rows, ms);
+		adapt_batch_size(hi, ms);
+	}
+	stp_worker.offset = upto;
 	stp_worker.rows_processed += rows;
 	stp_count_rows(stp_worker.slot, rows);
 	if (cut_known && hi >= cut_at)

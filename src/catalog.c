@@ -402,14 +402,14 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 
 	/*
 	 * A catalog of version 1.0 has no settings, agg_filters or origin
-	 * column yet.
+	 * column yet, and one before 1.2 no strategy.
 	 */
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s, %s, %s, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s, %s, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
@@ -419,7 +419,9 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   has_leaves ? "leaves::pg_catalog.oid[]" : "NULL::pg_catalog.oid[]",
 				   has_leaves ? "resize_to" : "NULL::pg_catalog.int4",
 				   has_source_kind ?
-				   "source_kind OPERATOR(pg_catalog.=) 'slot'" : "false");
+				   "source_kind OPERATOR(pg_catalog.=) 'slot'" : "false",
+				   stp_catalog_has_column("jobs", "strategy") ?
+				   "strategy" : "'groups'::pg_catalog.text");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -485,6 +487,10 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	d = SPI_getbinval(tup, desc, 22, &isnull);
 	def->resize_to = isnull ? 0 : DatumGetInt32(d);
 	def->slot_source = DatumGetBool(SPI_getbinval(tup, desc, 23, &isnull));
+
+	/* Jobs of a catalog before 1.2 own groups. */
+	d = SPI_getbinval(tup, desc, 24, &isnull);
+	def->rows_mode = !isnull && strcmp(TextDatumGetCString(d), "rows") == 0;
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

@@ -345,8 +345,130 @@ record_leaves(int32 job_id, List *leaves)
 }
 
 /*
+ * Does the job have a DISTINCT aggregate?  Its distinct tables are
+ * filled per group by one partition, so only the groups strategy keeps it.
+ */
+static bool
+has_distinct(StpJobDef *def)
+{
+	ListCell   *lc;
+
+	foreach(lc, def->agg_kinds)
+	{
+		if (STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The rows and groups of the job's query over the newest rows of the
+ * source, at most STP_AUTO_SAMPLE_ROWS of them and no more than one batch:
+ * what strategy 'auto' decides from.
+ */
+static void
+sample_groups_per_batch(StpJobDef *def, int64 *rows, int64 *groups)
+{
+	bool		is_called;
+	int64		last = stp_sequence_last_value(def->sequence, &is_called);
+	int64		width = Min(def->batch_size, STP_AUTO_SAMPLE_ROWS);
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+	bool		isnull;
+
+	*rows = *groups = 0;
+	if (!is_called)
+		return;
+	values[0] = Int64GetDatum(last > PG_INT64_MIN + width ? last - width : PG_INT64_MIN);
+	values[1] = Int64GetDatum(last);
+	if (SPI_execute_with_args(stp_sample_sql(def), 2, types, values, NULL, true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not sample the groups of the job's source");
+	*rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*groups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+/*
+ * Resolve the strategy argument of stp_start_job, 'groups', 'rows' or
+ * 'auto' (checked by the caller): does the job run in row mode?  Row mode
+ * pays off when a batch has far fewer groups than rows: every worker then
+ * reads only its own id ranges and merges few groups.  'auto' takes it
+ * with more than one partition when the query has no GROUP BY (one
+ * group), or when the newest rows of the source hold at least
+ * STP_AUTO_ROWS_PER_GROUP rows per group per partition (a smaller sample
+ * than a batch shows fewer rows per group, so it errs towards groups); and
+ * never for count(DISTINCT), which row mode cannot merge.
+ */
+static bool
+decide_rows_mode(StpJobDef *def, const char *strategy, bool global)
+{
+	bool		can_store = stp_catalog_has_column("jobs", "strategy");
+	int64		rows,
+				groups;
+
+	if (strcmp(strategy, "groups") == 0)
+		return false;
+	if (strcmp(strategy, "rows") == 0 && def->slot_source)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job with source 'slot' cannot use strategy \"rows\""),
+				 errdetail("A slot job's partitions decode changes, not id ranges."),
+				 errhint("Use strategy => 'groups' or 'auto'.")));
+	if (strcmp(strategy, "rows") == 0 && def->leaves != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("strategy \"rows\" cannot read a source whose partitions hold the job's groups"),
+				 errdetail("Source %s is partitioned BY HASH on the job's group keys, so each worker reads partitions of its own.",
+						   stp_qualified_relname(def->source)),
+				 errhint("Use strategy => 'groups' or 'auto'.")));
+	if (def->slot_source || def->leaves != NIL)
+		return false;
+	if (strcmp(strategy, "rows") == 0)
+	{
+		if (has_distinct(def))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("strategy \"rows\" cannot keep DISTINCT aggregates"),
+					 errdetail("In row mode several partitions merge into the same group, and the values a group has seen are kept per group by one partition only."),
+					 errhint("Use strategy => 'groups'.")));
+		if (!can_store)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the stp extension in this database is older than 1.2, which cannot keep strategy \"rows\""),
+					 errhint("Run ALTER EXTENSION stp UPDATE.")));
+		return true;
+	}
+	if (def->partitions == 1 || has_distinct(def) || !can_store)
+		return false;
+	if (global)
+		return true;
+	sample_groups_per_batch(def, &rows, &groups);
+	return groups > 0 && rows / groups >= STP_AUTO_ROWS_PER_GROUP * def->partitions;
+}
+
+/*
+ * The strategy of a new job (see decide_rows_mode), refusing a query
+ * without GROUP BY on more than one partition in groups mode: its one
+ * group would belong to one partition, and the others would idle.
+ */
+static bool
+choose_rows_mode(StpJobDef *def, const char *strategy, bool global)
+{
+	bool		rows_mode = decide_rows_mode(def, strategy, global);
+
+	if (global && def->partitions > 1 && !rows_mode)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a job's query without GROUP BY cannot have more than one partition in strategy \"groups\""),
+				 errdetail("The query has one group, which one partition owns when partitions own groups."),
+				 errhint("Use strategy => 'rows', or partitions => 1.")));
+	return rows_mode;
+}
+
+/*
  * stp_start_job(job_name, query, result_table, partitions, order_column,
- *				 start_from, batch_size, poll_interval) returns the job id.
+ *				 start_from, batch_size, poll_interval,
+ *				 strategy) returns the job id.
  */
 Datum
 stp_start_job(PG_FUNCTION_ARGS)
@@ -371,6 +493,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	StpShape   *shape;
 	Oid			view_relid = InvalidOid;
 	char	   *source_kind = "table";
+	char	   *strategy = "auto";
 
 	stp_check_not_null(fcinfo, 0, "job_name");
 	stp_check_not_null(fcinfo, 1, "query");
@@ -401,6 +524,18 @@ stp_start_job(PG_FUNCTION_ARGS)
 				 errmsg("invalid source \"%s\"", source_kind),
 				 errhint("Use 'table' to read new rows of an append-only table, or 'slot' to decode its INSERT, UPDATE and DELETE from logical replication slots.")));
 	def.slot_source = (strcmp(source_kind, "slot") == 0);
+	/* The function of a catalog before 1.2 has no strategy argument. */
+	if (PG_NARGS() > 9)
+	{
+		stp_check_not_null(fcinfo, 9, "strategy");
+		strategy = text_to_cstring(PG_GETARG_TEXT_PP(9));
+	}
+	if (strcmp(strategy, "groups") != 0 && strcmp(strategy, "rows") != 0 &&
+		strcmp(strategy, "auto") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid strategy \"%s\"", strategy),
+				 errhint("Use 'groups' (partitions own groups), 'rows' (partitions own id ranges, for few groups) or 'auto'.")));
 
 	if (strlen(job_name) == 0 || strlen(job_name) >= NAMEDATALEN)
 		ereport(ERROR,
@@ -502,6 +637,8 @@ stp_start_job(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("%s", reason)));
 	}
+
+	def.rows_mode = choose_rows_mode(&def, strategy, shape && shape->global);
 
 	if (OidIsValid(result_relid) && shape)
 		ereport(ERROR,
@@ -635,6 +772,15 @@ stp_start_job(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not insert into stp.jobs");
 		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
+		if (def.rows_mode)
+		{
+			types[0] = INT4OID;
+			values[0] = Int32GetDatum(job_id);
+			if (stp_catalog_exec("UPDATE stp.jobs SET strategy = 'rows' "
+								 "WHERE job_id OPERATOR(pg_catalog.=) $1",
+								 1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the job's strategy");
+		}
 
 		types[0] = INT4OID;
 		types[1] = INT8OID;

@@ -749,12 +749,7 @@ analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
 
 	if (q->groupClause == NIL)
 	{
-		if (def->partitions > 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("a job's query without GROUP BY cannot have more than one partition"),
-					 errdetail("The query has one group, which one partition computes."),
-					 errhint("Use partitions => 1.")));
+		/* More than one partition needs row mode: see job.c. */
 		shape->global = true;
 		*keys = lappend(*keys, make_column("_stp_all", BOOLOID, -1, InvalidOid));
 		def->key_names = lappend(def->key_names, pstrdup("_stp_all"));

@@ -170,6 +170,12 @@ check_new_partitions(StpJobDef *def, int32 partitions)
 				 errmsg("a job's query without GROUP BY cannot have more than one partition"),
 				 errdetail("The query has one group, which one partition computes."),
 				 errhint("Use partitions => 1.")));
+	if (def->rows_mode && partitions != def->partitions)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the partition count of job \"%s\" cannot change: it runs in strategy \"rows\"", def->job_name),
+				 errdetail("In row mode each partition owns every N-th id range, and its progress is counted in those ranges."),
+				 errhint("Stop the job and start a new one with the new partition count and start_from => 'now' after the old one's progress, or drop it and start it again.")));
 	if (def->slot_source && partitions != def->partitions)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

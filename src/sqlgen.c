@@ -306,8 +306,11 @@ append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
 						 stp_qualified_relname(def->source), ord, ord);
 	if (def->where_clause)
 		appendStringInfo(buf, " AND (%s)", def->where_clause);
-	/* In leaves mode the partition's own leaves hold its groups only. */
-	if (def->partitions > 1 && def->leaves == NIL)
+	/*
+	 * In leaves mode the partition's own leaves hold its groups only; in
+	 * row mode the batch's id range is the partition's own already.
+	 */
+	if (def->partitions > 1 && def->leaves == NIL && !def->rows_mode)
 	{
 		bool		as_row = keys_have_collations(def);
 
@@ -513,6 +516,29 @@ stp_probe_sql(StpJobDef *def)
 	appendStringInfoString(&buf, "SELECT * FROM (");
 	append_aggregation(&buf, def, 0);
 	appendStringInfoString(&buf, ") p LIMIT 0");
+	return buf.data;
+}
+
+/*
+ * A statement that returns how many source rows in the order-column range
+ * ($1, $2] the job's WHERE keeps, and in how many groups: strategy 'auto'
+ * decides from them.  It reads every row of the range.
+ */
+char *
+stp_sample_sql(StpJobDef *def)
+{
+	StringInfoData buf;
+	bool		rows_mode = def->rows_mode;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "SELECT COALESCE(pg_catalog.sum(n), 0)::pg_catalog.int8, "
+						   "pg_catalog.count(*) FROM (SELECT pg_catalog.count(*) AS n");
+	def->rows_mode = true;		/* every row of the range, no routing */
+	append_source_rows(&buf, def, 0);
+	def->rows_mode = rows_mode;
+	appendStringInfoString(&buf, " GROUP BY ");
+	append_joined(&buf, def->key_exprs);
+	appendStringInfoString(&buf, ") g");
 	return buf.data;
 }
 

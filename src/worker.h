@@ -38,6 +38,7 @@ typedef struct StpWorker
 	int64		offset;			/* committed progress */
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
+	int64		batch_ids;		/* ids of the next batch: grows while behind */
 	bool		failed;			/* the log said that the partition failed */
 	bool		healthy;		/* ran a step without an error */
 } StpWorker;

@@ -415,9 +415,9 @@ sub make_jobs
 	push @{ $jobs[ $_ % $njobs ]{aggs} }, $a[$_] for 0 .. $#a;
 	my @parts = shuffle(map { ($_ % 4) + 1 } 0 .. $njobs - 1);
 
-	# One job has no GROUP BY, so one partition; its keys go to the last
-	# job, which keeps only its groups, and it takes a partition count of
-	# 1 from another job.  Not in the self-test, which updates the result.
+	# One job has no GROUP BY (in row mode, on 3 partitions); its keys go
+	# to the last job, which keeps only its groups, and its partition count
+	# goes to another job.  Not in the self-test, which updates the result.
 	my $global = $selftest ? -1 : $njobs - 2;
 	if ($global >= 0)
 	{
@@ -486,6 +486,15 @@ sub make_jobs
 		  ? int(exp(rand(log(60))))
 		  : int(100 * exp(rand(log(50))));
 		$j->{partitions} = $parts[$i];
+
+		# Row mode (partitions own id ranges and merge into shared
+		# groups) for every third job, 'auto' for the next; the job
+		# without GROUP BY runs in row mode on 3 partitions.
+		$j->{strategy} = ('rows', 'auto', 'groups')[ $i % 3 ];
+		@$j{qw(strategy partitions)} = ('rows', 3) if $i == $global;
+		# Row mode cannot keep DISTINCT aggregates (refused at creation).
+		$j->{strategy} = 'groups'
+		  if $j->{strategy} eq 'rows' && grep { $AGGS[$_][1] =~ /DISTINCT/ } @{ $j->{aggs} };
 		$j->{poll} = pick('10 ms', '50 ms', '100 ms');
 		$j->{start} = $i % 2 ? 'during' : 'before';
 		$j->{result} =
@@ -552,13 +561,17 @@ sub make_jobs
 sub make_slot_jobs
 {
 	my ($n) = @_;
-	my @jobs = grep { @{ $_->{keys} } } make_jobs($n + 2);
+	# Slot jobs refuse DISTINCT aggregates and hopping windows.
+	my @jobs = grep {
+		@{ $_->{keys} } && !defined $_->{hop} && $_->{query} !~ /\w\(DISTINCT /
+	} make_jobs($n + 6);
 	splice(@jobs, $n) if @jobs > $n;
 	for my $i (0 .. $#jobs)
 	{
 		my $j = $jobs[$i];
 		$j->{name} = "s$i";
 		$j->{slot} = 1;
+		$j->{strategy} = 'groups';
 		$j->{source} = 'ev_slot';
 		$j->{query} =~ s/ FROM ev_(big|small)/ FROM ev_slot/ or die "no source in $j->{query}";
 		$j->{result} = "public.r_s$i";
@@ -654,7 +667,7 @@ sub describe_job
 {
 	my ($j) = @_;
 	my $g = $j->{gucs};
-	return "$j->{name}: $j->{source}, $j->{partitions} partition(s), batch_size $j->{batch_size}, "
+	return "$j->{name}: $j->{source}, $j->{partitions} partition(s), strategy $j->{strategy}, batch_size $j->{batch_size}, "
 	  . "started $j->{start} the writers, TimeZone=$g->{TimeZone} DateStyle='$g->{DateStyle}' "
 	  . "IntervalStyle=$g->{IntervalStyle} extra_float_digits=$g->{extra_float_digits}\n"
 	  . "    $j->{query}";
@@ -1217,7 +1230,8 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		my ($ret, $stdout, $stderr) = $node->psql(
 			$db, gucs_sql($j)
 			  . "SELECT stp_start_job('$j->{name}', \$oracle\$$j->{query}\$oracle\$, '$j->{result}', "
-			  . "partitions => $j->{partitions}, batch_size => $j->{batch_size}, poll_interval => '$j->{poll}'"
+			  . "partitions => $j->{partitions}, batch_size => $j->{batch_size}, poll_interval => '$j->{poll}', "
+			  . "strategy => '$j->{strategy}'"
 			  . ($j->{slot} ? ", source => 'slot'" : '') . ')');
 		$j->{started} = $ret == 0;
 		ok($j->{started}, "$j->{name}: job starts") or diag describe_job($j) . "\n$stderr";
@@ -1248,7 +1262,10 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 
 	# Two other jobs with GROUP BY are resized, up and then down, while the
 	# writers write (stp_alter_job's common cut).
-	my @resizable = grep { @{ $_->{keys} } && (!$victim || $_ != $victim) } @running;
+	# Only jobs that own groups, and no slot jobs, can be resized.
+	my @resizable = grep {
+		@{ $_->{keys} } && $_->{strategy} eq 'groups' && !$_->{slot} && (!$victim || $_ != $victim)
+	} @running;
 	for my $j ((shuffle(@resizable))[ 0 .. 1 ])
 	{
 		next unless $j;
@@ -1258,6 +1275,11 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		push @events, [ $size{write_secs} * (0.15 + rand(0.2)), 'resize', $j, $up ];
 		push @events, [ $size{write_secs} * (0.55 + rand(0.2)), 'resize', $j, $down ];
 	}
+
+	# Kill row-mode workers in the middle of whatever they do (a merge
+	# under row locks, a wait for another partition's locks): the launcher
+	# starts them again, and nothing may be lost or counted twice.
+	push @events, map { [ 1 + rand($size{write_secs} * 0.8), 'kill', undef ] } 1 .. 6;
 	for my $e (sort { $a->[0] <=> $b->[0] } @events)
 	{
 		my $wait = $tw + $e->[0] - time();
@@ -1271,6 +1293,15 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 			my $name = $e->[2]{name};
 			$node->safe_psql($db, "SELECT stp_alter_job('$name', partitions => $e->[3])");
 			note "$name: resized to $e->[3] partitions while the writers ran";
+		}
+		elsif ($e->[1] eq 'kill')
+		{
+			my $killed = $node->safe_psql(
+				$db, q{SELECT s.job_name || ' partition ' || s.partition || ': ' || pg_terminate_backend(s.pid)
+				FROM stp.job_status s JOIN stp.jobs j ON j.job_name = s.job_name
+				WHERE j.strategy = 'rows' AND j.partitions > 1 AND s.pid IS NOT NULL
+				ORDER BY random() LIMIT 1});
+			note "row-mode worker terminated: $killed" if $killed ne '';
 		}
 		else
 		{

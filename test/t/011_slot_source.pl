@@ -1,7 +1,7 @@
 
 # Copyright (c) stp authors
 
-# 010_slot_source.pl: jobs whose source is a logical replication slot,
+# 011_slot_source.pl: jobs whose source is a logical replication slot,
 # under INSERT, UPDATE and DELETE, crashes and a large transaction.
 #
 # A table with rows already in it takes a random mix of writer

@@ -1,7 +1,7 @@
 
 # Copyright (c) stp authors
 
-# 011_slot_restore.pl: pg_dump and restore of a database with a slot job.
+# 012_slot_restore.pl: pg_dump and restore of a database with a slot job.
 #
 # A slot job's progress is a position in the WAL of the server it ran on,
 # and its slots are not in the dump.  Restored elsewhere, the job waits in
