@@ -1276,10 +1276,12 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		push @events, [ $size{write_secs} * (0.55 + rand(0.2)), 'resize', $j, $down ];
 	}
 
-	# Kill row-mode workers in the middle of whatever they do (a merge
-	# under row locks, a wait for another partition's locks): the launcher
-	# starts them again, and nothing may be lost or counted twice.
-	push @events, map { [ 1 + rand($size{write_secs} * 0.8), 'kill', undef ] } 1 .. 6;
+	# Kill workers in the middle of whatever they do (a batch, a merge
+	# under row locks, a wait for another partition's locks, decoding, a
+	# distinct table's insert): the launcher starts them again, and
+	# nothing may be lost or counted twice.  Six kills go to row-mode
+	# workers, six to any job's.
+	push @events, map { [ 1 + rand($size{write_secs} * 0.8), 'kill', $_ <= 6 ? 'rows' : 'any' ] } 1 .. 12;
 	for my $e (sort { $a->[0] <=> $b->[0] } @events)
 	{
 		my $wait = $tw + $e->[0] - time();
@@ -1296,12 +1298,13 @@ CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT
 		}
 		elsif ($e->[1] eq 'kill')
 		{
+			my $which = $e->[2] eq 'rows' ? q{j.strategy = 'rows' AND j.partitions > 1} : 'true';
 			my $killed = $node->safe_psql(
-				$db, q{SELECT s.job_name || ' partition ' || s.partition || ': ' || pg_terminate_backend(s.pid)
+				$db, qq{SELECT s.job_name || ' partition ' || s.partition || ': ' || pg_terminate_backend(s.pid)
 				FROM stp.job_status s JOIN stp.jobs j ON j.job_name = s.job_name
-				WHERE j.strategy = 'rows' AND j.partitions > 1 AND s.pid IS NOT NULL
+				WHERE $which AND s.pid IS NOT NULL
 				ORDER BY random() LIMIT 1});
-			note "row-mode worker terminated: $killed" if $killed ne '';
+			note "$e->[2] worker terminated: $killed" if $killed ne '';
 		}
 		else
 		{
