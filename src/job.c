@@ -897,6 +897,8 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
+	bool		slot_source;
+	int32		partitions;
 
 	stp_check_not_null(fcinfo, 0, "job_name");
 	stp_check_not_null(fcinfo, 1, "drop_result");
@@ -936,6 +938,9 @@ stp_drop_job(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not drop the result table");
 		AtEOXact_GUC(true, save_nestlevel);
 	}
+	/* def is in SPI's memory, which SPI_finish frees. */
+	slot_source = def && def->slot_source;
+	partitions = def ? def->partitions : 0;
 	SPI_finish();
 
 	stop_workers(job->job_id);
@@ -947,9 +952,9 @@ stp_drop_job(PG_FUNCTION_ARGS)
 	 * again on new slots.  A slot still held by a worker that did not
 	 * leave in time is dropped by the starter, which the commit wakes.
 	 */
-	if (def && def->slot_source)
+	if (slot_source)
 	{
-		stp_drop_job_slots(job->job_id, def->partitions);
+		stp_drop_job_slots(job->job_id, partitions);
 		stp_request_scan_at_commit();
 	}
 	PG_RETURN_VOID();
