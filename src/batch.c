@@ -828,14 +828,18 @@ stp_worker_step(bool *stop)
 		 * The distinct counts, after the batch made their groups.  Their
 		 * statement joins the batch's pairs, sorted for the distinct
 		 * table's index, to its few groups: a hash join keeps the pairs'
-		 * order, where a merge join would sort them all again (its plan
-		 * is made at its first run, with this setting).
+		 * order, where a merge join would sort them all again and a
+		 * nested loop would compare every pair with every group (its
+		 * plan is made at its first run, with these settings; the
+		 * statement has no other join).
 		 */
 		if (stp_worker.distinct_plans != NIL)
 		{
 			int			nest = NewGUCNestLevel();
 
 			(void) set_config_option("enable_mergejoin", "off", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			(void) set_config_option("enable_nestloop", "off", PGC_USERSET,
 									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 			foreach(lc, stp_worker.distinct_plans)
 			{
