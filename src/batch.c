@@ -824,13 +824,31 @@ stp_worker_step(bool *stop)
 		rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
 
-		/* The distinct counts, after the batch made their groups. */
-		foreach(lc, stp_worker.distinct_plans)
+		/*
+		 * The distinct counts, after the batch made their groups.  Their
+		 * statement joins the batch's pairs, sorted for the distinct
+		 * table's index, to its few groups: a hash join keeps the pairs'
+		 * order, where a merge join would sort them all again and a
+		 * nested loop would compare every pair with every group (its
+		 * plan is made at its first run, with these settings; the
+		 * statement has no other join).
+		 */
+		if (stp_worker.distinct_plans != NIL)
 		{
-			ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
-			if (ret != SPI_OK_INSERT)
-				elog(ERROR, "distinct count statement failed: %s",
-					 SPI_result_code_string(ret));
+			int			nest = NewGUCNestLevel();
+
+			(void) set_config_option("enable_mergejoin", "off", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			(void) set_config_option("enable_nestloop", "off", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			foreach(lc, stp_worker.distinct_plans)
+			{
+				ret = SPI_execute_plan(lfirst(lc), values, NULL, false, 0);
+				if (ret != SPI_OK_INSERT)
+					elog(ERROR, "distinct count statement failed: %s",
+						 SPI_result_code_string(ret));
+			}
+			AtEOXact_GUC(true, nest);
 		}
 	}
 
