@@ -15,10 +15,10 @@
  * tuplestore, which spills to a temporary file past work_mem.  Changes to
  * other tables are dropped at once, and so, when every group key is a
  * plain column, are the rows of other partitions' groups (routed as
- * stp.in_partition routes them; the batch statement's filter stays).  Transactions that roll back never
- * reach the callbacks, and a prepared transaction reaches them at COMMIT
- * PREPARED.  A transaction larger than logical_decoding_work_mem is
- * spilled to disk by the reorder buffer.
+ * stp.in_partition routes them; the batch statement's filter stays).
+ * Transactions that roll back never reach the callbacks, and a prepared
+ * transaction reaches them at COMMIT PREPARED.  A transaction larger than
+ * logical_decoding_work_mem is spilled to disk by the reorder buffer.
  *
  * Before it decodes, a step flushes the WAL up to the insert position, so
  * that transactions that committed asynchronously are decoded at once
