@@ -52,14 +52,18 @@
  * decoded transactions to each group, so it needs every group to hold
  * exactly the transactions up to the batch's start position P, and no
  * later one.  A recomputed group may hold later ones, those its snapshot
- * saw, and merging one of them again would count it twice.  After each
- * recomputing statement the worker reads the WAL insert position H (the
- * recompute horizon): every transaction that statement's snapshots saw
- * ended below H.  A batch merges only when P >= H; until the decoding has
- * passed H, every batch recomputes the groups it touched (as above), so a
- * transaction a snapshot saw early is never added as a delta.  Once
- * P >= H, each group holds exactly the transactions up to P: those a
- * recomputation saw beyond its own batch all end below H <= P.  A worker
+ * saw, and merging one of them again would count it twice.  Right after
+ * taking the snapshot S that recomputes, the worker reads the WAL insert
+ * position H (the recompute horizon): every transaction S sees ended
+ * below H.  The batch then decodes on up to H, and checks that S sees
+ * every transaction so decoded (one that left the proc array after S was
+ * taken is waited for, and S and H taken again); the recomputation runs
+ * under S (SPI_execute_snapshot).  So the batch ends at or past H, and a
+ * recomputed group holds exactly the decoded transactions.  (A rebuild
+ * after TRUNCATE, or a batch cut at batch_size, takes H after its
+ * statement instead, and ends below it.)  A batch merges only when
+ * P >= H; below H every batch recomputes the groups it touched, so a
+ * transaction a snapshot saw early is never added as a delta.  A worker
  * that starts takes H = the insert position at its first step, which is
  * above every snapshot of an earlier process.  So the result equals the
  * job's query once every commit is decoded, whichever batches merged.
@@ -875,6 +879,45 @@ flush_inserted_wal(void)
 }
 
 /*
+ * Decode the WAL up to end (with limited, stopping once the step holds
+ * batch_size rows), in the step's transaction, restoring its resource
+ * owner and memory context.
+ */
+static void
+decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
+		  ResourceOwner owner, MemoryContext caller_ctx)
+{
+	quiet_decoding_start();
+	InvalidateSystemCaches();
+	while (ctx->reader->EndRecPtr < end)
+	{
+		XLogRecord *record;
+		char	   *errm = NULL;
+
+		/*
+		 * The reader allocates its decode and record buffers when it
+		 * first needs them, and keeps them: in the context's memory, which
+		 * outlives the step.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(ctx->context);
+
+		record = XLogReadRecord(ctx->reader, &errm);
+		MemoryContextSwitchTo(old);
+		if (errm)
+			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
+		if (record != NULL)
+			LogicalDecodingProcessRecord(ctx, ctx->reader);
+		if (limited && decoded->nrows >= stp_worker.def->batch_size)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+	CurrentResourceOwner = owner;
+	InvalidateSystemCaches();
+	quiet_decoding = false;
+	MemoryContextSwitchTo(caller_ctx);
+}
+
+/*
  * One step of a slot job's partition: decode the WAL from the slot up to
  * the flushed position (or batch_size rows), then apply the touched groups
  * and the position in one transaction, and confirm the slot after it
@@ -893,6 +936,8 @@ stp_slot_step(bool *stop)
 	int			nestlevel;
 	int64		rows;
 	bool		merge;
+	Snapshot	snap = NULL;
+	XLogRecPtr	horizon = InvalidXLogRecPtr;
 	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
 	int			ret;
 
@@ -963,35 +1008,8 @@ stp_slot_step(bool *stop)
 		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
 	}
 	ctx = decoding;
-	quiet_decoding_start();
-	InvalidateSystemCaches();
-	while (ctx->reader->EndRecPtr < end)
-	{
-		XLogRecord *record;
-		char	   *errm = NULL;
-
-		/*
-		 * The reader allocates its decode and record buffers when it
-		 * first needs them, and keeps them: in the context's memory, which
-		 * outlives the step.
-		 */
-		MemoryContext old = MemoryContextSwitchTo(ctx->context);
-
-		record = XLogReadRecord(ctx->reader, &errm);
-		MemoryContextSwitchTo(old);
-		if (errm)
-			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
-		if (record != NULL)
-			LogicalDecodingProcessRecord(ctx, ctx->reader);
-		if (decoded->nrows >= stp_worker.def->batch_size)
-			break;
-		CHECK_FOR_INTERRUPTS();
-	}
-	CurrentResourceOwner = owner;
+	decode_to(ctx, end, true, owner, caller_ctx);
 	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
-	InvalidateSystemCaches();
-	quiet_decoding = false;
-	MemoryContextSwitchTo(caller_ctx);
 
 	if (decoded->altered)
 		ereport(ERROR,
@@ -1027,10 +1045,62 @@ stp_slot_step(bool *stop)
 	merge = (!decoded->truncated && decoded->nretracted == 0 &&
 			 (XLogRecPtr) stp_worker.offset >= recompute_horizon);
 
-	/* Every decoded transaction must be visible to the snapshot below. */
+	/*
+	 * Every decoded transaction must be visible to the snapshot that
+	 * recomputes.  That snapshot may see later transactions too, up to the
+	 * insert position read after it (the horizon): the step decodes on up
+	 * to there, so that the next batch need not recompute what this one
+	 * saw.  A transaction decoded so that the snapshot does not see (it
+	 * left the proc array after the snapshot) is waited for, and the
+	 * snapshot taken again.
+	 */
 	pgstat_report_activity(STATE_RUNNING, "stp: waiting for decoded transactions to end");
-	for (int i = 0; !merge && i < decoded->nxids; i++)
-		XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	if (merge)
+	{
+		/*
+		 * A merge reads no snapshot, but a later batch's recomputation
+		 * must see what this one merged: these transactions leave the
+		 * proc array before the batch commits.
+		 */
+		for (int i = 0; i < decoded->nxids; i++)
+			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	}
+	else
+	{
+		int			waited = 0;
+
+		for (;;)
+		{
+			bool		unseen = false;
+
+			for (; waited < decoded->nxids; waited++)
+				XactLockTableWait(decoded->xids[waited], NULL, NULL, XLTW_None);
+			if (snap != NULL)
+				UnregisterSnapshot(snap);
+			snap = RegisterSnapshot(GetTransactionSnapshot());
+			horizon = GetXLogInsertRecPtr();
+			if (decoded->truncated || decoded->nrows >= stp_worker.def->batch_size ||
+				upto >= horizon)
+				break;
+			pgstat_report_activity(STATE_RUNNING, "stp: decoding up to the snapshot");
+			if (horizon > GetFlushRecPtr(NULL))
+				XLogFlush(horizon);
+			decode_to(ctx, horizon, false, owner, caller_ctx);
+			upto = Max(ctx->reader->EndRecPtr, upto);
+			if (decoded->altered)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the column types of source %s changed after job \"%s\" was created",
+								stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+						 errdetail("The WAL holds rows of the source with other column types than it has now."),
+						 errhint("Drop the job and create it again.")));
+			for (int i = waited; i < decoded->nxids; i++)
+				unseen |= XidInMVCCSnapshot(decoded->xids[i], snap);
+			if (!unseen)
+				break;
+			/* Rare: wait for those, and take the snapshot again. */
+		}
+	}
 
 	nestlevel = stp_pin_worker_settings();
 	SPI_connect();
@@ -1050,17 +1120,30 @@ stp_slot_step(bool *stop)
 
 	pgstat_report_activity(STATE_RUNNING, "stp: batch");
 	if (decoded->truncated)
+	{
 		(void) rebuild_groups();
+		/* Every snapshot the rebuild took is older than this position. */
+		recompute_horizon = GetXLogInsertRecPtr();
+	}
 	else
 	{
-		ret = SPI_execute_plan(merge ? stp_worker.slot_merge_plan : stp_worker.batch_plan,
-							   values, NULL, false, 0);
+		if (merge)
+			ret = SPI_execute_plan(stp_worker.slot_merge_plan, values, NULL, false, 0);
+		else
+		{
+			/* Under the snapshot that saw every decoded transaction. */
+			ret = SPI_execute_snapshot(stp_worker.batch_plan, values, NULL, snap,
+									   InvalidSnapshot, false, false, 0);
+			recompute_horizon = horizon;
+		}
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
 	}
-	/* Every snapshot the statement took is older than this position. */
-	if (!merge)
-		recompute_horizon = GetXLogInsertRecPtr();
+	if (snap != NULL)
+	{
+		UnregisterSnapshot(snap);
+		snap = NULL;
+	}
 	if (stp_worker.recheck)
 		stp_check_job_relations();
 	rows = decoded->nrows;
