@@ -233,6 +233,20 @@ prepare_batch_plan(StpJobDef *def)
 	if (stp_worker.batch_plan)
 		SPI_freeplan(stp_worker.batch_plan);
 	stp_worker.batch_plan = plan;
+	if (def->slot_source)
+	{
+		sql = stp_slot_merge_sql(def, stp_worker.args.partition);
+		elog(DEBUG1, "stp job %d partition %d merge: %s",
+			 stp_worker.args.job_id, stp_worker.args.partition, sql);
+		plan = SPI_prepare(sql, 2, types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the merge statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		if (stp_worker.slot_merge_plan)
+			SPI_freeplan(stp_worker.slot_merge_plan);
+		stp_worker.slot_merge_plan = plan;
+	}
 
 	foreach(lc, stp_worker.distinct_plans)
 		SPI_freeplan(lfirst(lc));

@@ -687,6 +687,14 @@ stp_start_job(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not prepare the job's batch statement: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_freeplan(plan);
+		if (def.slot_source)
+		{
+			plan = SPI_prepare(stp_slot_merge_sql(&def, 0), 2, types);
+			if (plan == NULL)
+				elog(ERROR, "could not prepare the job's merge statement: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_freeplan(plan);
+		}
 	}
 
 	foreach(lc, def.agg_kinds)

@@ -109,6 +109,38 @@ stp_type_routable(Oid typid, Oid collid)
 }
 
 /*
+ * Decide how a key of this type and collation is hashed: by its bytes or
+ * by its type's extended hash function.  Shared by the SQL functions and
+ * the slot plugin's router, so that both route every group alike.
+ */
+static void
+init_key_hasher(StpKeyHasher *k, Oid typid, Oid collid)
+{
+	int16		typlen;
+	bool		typbyval;
+
+	get_typlenbyval(typid, &typlen, &typbyval);
+	k->typlen = typlen;
+	k->collation = collid;
+	if (bytes_are_equality(typid, collid))
+		k->method = typbyval ? STP_HASH_BYVAL :
+			(typlen > 0 ? STP_HASH_FIXED : STP_HASH_VARLENA);
+	else
+	{
+		TypeCacheEntry *tce = lookup_type_cache(typid,
+												TYPECACHE_HASH_EXTENDED_PROC_FINFO);
+
+		if (!OidIsValid(tce->hash_extended_proc))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("could not identify an extended hash function for type %s",
+							format_type_be(typid))));
+		k->method = STP_HASH_TYPE;
+		k->hash_finfo = &tce->hash_extended_proc_finfo;
+	}
+}
+
+/*
  * Decide, once per call site, how each key argument is hashed: by its bytes
  * or by its type's extended hash function, with its own collation.
  *
@@ -172,41 +204,12 @@ build_route_cache(FunctionCallInfo fcinfo, int first_key)
 
 	for (int i = 0; i < nkeys; i++)
 	{
-		Oid			typid;
-		Oid			collid;
-		StpKeyHasher *k = &cache->keys[i];
-		int16		typlen;
-		bool		typbyval;
-
 		if (row_desc)
-		{
-			typid = TupleDescAttr(row_desc, i)->atttypid;
-			collid = TupleDescAttr(row_desc, i)->attcollation;
-		}
+			init_key_hasher(&cache->keys[i], TupleDescAttr(row_desc, i)->atttypid,
+							TupleDescAttr(row_desc, i)->attcollation);
 		else
-		{
-			typid = exprType(list_nth(args, i));
-			collid = exprCollation(list_nth(args, i));
-		}
-		get_typlenbyval(typid, &typlen, &typbyval);
-		k->typlen = typlen;
-		k->collation = collid;
-		if (bytes_are_equality(typid, collid))
-			k->method = typbyval ? STP_HASH_BYVAL :
-				(typlen > 0 ? STP_HASH_FIXED : STP_HASH_VARLENA);
-		else
-		{
-			TypeCacheEntry *tce = lookup_type_cache(typid,
-													TYPECACHE_HASH_EXTENDED_PROC_FINFO);
-
-			if (!OidIsValid(tce->hash_extended_proc))
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_FUNCTION),
-						 errmsg("could not identify an extended hash function for type %s",
-								format_type_be(typid))));
-			k->method = STP_HASH_TYPE;
-			k->hash_finfo = &tce->hash_extended_proc_finfo;
-		}
+			init_key_hasher(&cache->keys[i], exprType(list_nth(args, i)),
+							exprCollation(list_nth(args, i)));
 	}
 	MemoryContextSwitchTo(old);
 	return cache;
@@ -289,6 +292,63 @@ append_key(StringInfo buf, StpKeyHasher *k, Datum value, bool isnull)
 }
 
 /*
+ * The partition, in [0, nparts), of the hashed bytes of a group key.
+ */
+static inline int32
+hash_to_partition(StringInfo buf, int32 nparts)
+{
+	uint64		h = XXH3_64bits(buf->data, buf->len);
+
+	/* The same partition as h % nparts, without a division when it can. */
+	if ((nparts & (nparts - 1)) == 0)
+		return (int32) (h & (uint64) (nparts - 1));
+	return (int32) (h % (uint64) nparts);
+}
+
+/*
+ * A router for C callers: the keys' types and collations decided once,
+ * then one call per row, hashing exactly as stp.in_partition does.  The
+ * slot plugin uses it to drop other partitions' rows as it decodes them.
+ */
+struct StpRouter
+{
+	int			nkeys;
+	StringInfoData buf;
+	StpKeyHasher keys[FLEXIBLE_ARRAY_MEMBER];
+};
+
+/*
+ * Make a router for keys of these types and collations, in the current
+ * memory context.  Errors if a type cannot be routed.
+ */
+StpRouter *
+stp_router_create(int nkeys, const Oid *types, const Oid *collations)
+{
+	StpRouter  *r = palloc0(offsetof(StpRouter, keys) + Max(nkeys, 1) * sizeof(StpKeyHasher));
+
+	r->nkeys = nkeys;
+	initStringInfo(&r->buf);
+	for (int i = 0; i < nkeys; i++)
+		init_key_hasher(&r->keys[i], types[i], collations[i]);
+	return r;
+}
+
+/*
+ * The partition, in [0, nparts), that owns the group with these key
+ * values: what stp.partition_of(nparts, k0, k1, ...) returns for them.
+ */
+int32
+stp_router_route(StpRouter *r, const Datum *values, const bool *nulls, int32 nparts)
+{
+	StringInfo	buf = &r->buf;
+
+	buf->len = 0;
+	for (int i = 0; i < r->nkeys; i++)
+		append_key(buf, &r->keys[i], values[i], nulls[i]);
+	return hash_to_partition(buf, nparts);
+}
+
+/*
  * The partition, in [0, nparts), that owns the group whose key values are
  * the function's arguments from first_key on.
  */
@@ -297,7 +357,6 @@ route(FunctionCallInfo fcinfo, int first_key, int32 nparts)
 {
 	StpRouteCache *cache = (StpRouteCache *) fcinfo->flinfo->fn_extra;
 	StringInfo	buf;
-	uint64		h;
 
 	if (nparts < 1)
 		ereport(ERROR,
@@ -343,11 +402,7 @@ route(FunctionCallInfo fcinfo, int first_key, int32 nparts)
 					   PG_ARGISNULL(i + first_key));
 	}
 
-	h = XXH3_64bits(buf->data, buf->len);
-	/* The same partition as h % nparts, without a division when it can. */
-	if ((nparts & (nparts - 1)) == 0)
-		return (int32) (h & (uint64) (nparts - 1));
-	return (int32) (h % (uint64) nparts);
+	return hash_to_partition(buf, nparts);
 }
 
 /*

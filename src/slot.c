@@ -13,15 +13,28 @@
  * subtransaction that the reorder buffer rolls back, so they write no
  * table: they keep the old and new rows of the job's source in a
  * tuplestore, which spills to a temporary file past work_mem.  Changes to
- * other tables are dropped at once.  Transactions that roll back never
- * reach the callbacks, and a prepared transaction reaches them at COMMIT
- * PREPARED.  A transaction larger than logical_decoding_work_mem is
- * spilled to disk by the reorder buffer.
+ * other tables are dropped at once, and so, when every group key is a
+ * plain column, are the rows of other partitions' groups (routed as
+ * stp.in_partition routes them; the batch statement's filter stays).
+ * Transactions that roll back never reach the callbacks, and a prepared
+ * transaction reaches them at COMMIT PREPARED.  A transaction larger than
+ * logical_decoding_work_mem is spilled to disk by the reorder buffer.
  *
- * After the loop, the batch statement (sqlgen.c) reads the decoded rows
- * through stp.slot_changes(), finds the partition's groups they touched,
- * and computes each of them again from the source, replacing its row in
- * the result table or deleting it when it has no row any more.  The WAL
+ * Before it decodes, a step flushes the WAL up to the insert position, so
+ * that transactions that committed asynchronously are decoded at once
+ * rather than when the walwriter flushes them; decoding reads flushed WAL
+ * only.
+ *
+ * After the loop, a batch whose decoded rows are all new rows (INSERTs,
+ * and new rows of UPDATEs whose old row belongs to another partition) is
+ * merged: the rows are aggregated and merged into the result table as a
+ * table job merges its batch, without reading the source, when the
+ * horizon below allows it.  Any other batch (an old row of an UPDATE or
+ * DELETE, whose value a min, max, or an emptied group cannot take back)
+ * reads the decoded rows through stp.slot_changes(), finds the
+ * partition's groups they touched, and computes each of them again from
+ * the source, replacing its row in the result table or deleting it when
+ * it has no row any more.  The WAL
  * position up to which the batch decoded commits with the result changes
  * in the partition's progress row; the slot is confirmed only after that
  * commit.  After a crash the slot may restart below the stored position:
@@ -34,6 +47,26 @@
  * computed once more when they are decoded.  So once the job has decoded
  * every commit, each group was last computed under a snapshot that holds
  * every change to it, and equals the job's query.
+ *
+ * Why mixing merges with recomputations is exact: a merge adds exactly the
+ * decoded transactions to each group, so it needs every group to hold
+ * exactly the transactions up to the batch's start position P, and no
+ * later one.  A recomputed group may hold later ones, those its snapshot
+ * saw, and merging one of them again would count it twice.  Right after
+ * taking the snapshot S that recomputes, the worker reads the WAL insert
+ * position H (the recompute horizon): every transaction S sees ended
+ * below H.  The batch then decodes on up to H, and checks that S sees
+ * every transaction so decoded (one that left the proc array after S was
+ * taken is waited for, and S and H taken again); the recomputation runs
+ * under S (SPI_execute_snapshot).  So the batch ends at or past H, and a
+ * recomputed group holds exactly the decoded transactions.  (A rebuild
+ * after TRUNCATE, or a batch cut at batch_size, takes H after its
+ * statement instead, and ends below it.)  A batch merges only when
+ * P >= H; below H every batch recomputes the groups it touched, so a
+ * transaction a snapshot saw early is never added as a delta.  A worker
+ * that starts takes H = the insert position at its first step, which is
+ * above every snapshot of an earlier process.  So the result equals the
+ * job's query once every commit is decoded, whichever batches merged.
  *
  * A partition whose slot is missing (never created, lost in a crash
  * before it was made persistent, or dropped by hand to rebuild the job)
@@ -102,6 +135,7 @@ typedef struct StpDecoded
 	MemoryContext mcxt;			/* lives for the step */
 	Tuplestorestate *rows;		/* old and new rows of the source */
 	int64		nrows;
+	int64		nretracted;		/* of which old rows (UPDATE, DELETE) */
 	bool		truncated;		/* the source was truncated */
 	TransactionId *xids;		/* the transactions that changed it */
 	int			nxids;
@@ -110,6 +144,15 @@ typedef struct StpDecoded
 	Oid		   *atttypes;		/* ... their types, InvalidOid if dropped */
 	int32	   *atttypmods;
 	bool		altered;		/* a decoded row has other column types */
+	/* Routing in the change callback, when every group key is a column. */
+	StpRouter  *router;			/* NULL: every row is kept */
+	int			nkeys;
+	AttrNumber *key_atts;		/* the key columns */
+	Datum	   *key_values;
+	bool	   *key_nulls;
+	int32		partition;
+	int32		partitions;
+	int64		nforeign;		/* rows dropped as another partition's */
 } StpDecoded;
 
 static StpDecoded *decoded = NULL;
@@ -125,6 +168,16 @@ static bool quiet_decoding = false;
  * that step were lost with the step.
  */
 static LogicalDecodingContext *decoding = NULL;
+
+/*
+ * No transaction that a recomputation's snapshot saw ends after this WAL
+ * position: it is read after each recomputing batch statement, and, since
+ * an earlier process may have recomputed, at the worker's first step.  A
+ * batch may merge its new rows only when it starts at or past it (see the
+ * file's header).
+ */
+static XLogRecPtr recompute_horizon = InvalidXLogRecPtr;
+static bool recompute_horizon_known = false;
 
 /*
  * The name of a partition's slot: from the database, job and partition, so
@@ -270,8 +323,54 @@ same_column_types(TupleDesc desc)
 }
 
 /*
+ * Does the worker's partition own the group of this decoded row?  Only
+ * asked when every group key is a plain column of the source (the
+ * router); the keys are hashed as stp.in_partition hashes them, so the
+ * batch statement's own filter, which stays, keeps the same rows.  A key
+ * that is stored out of line (TOASTed) or a column the row lacks is not
+ * looked at here: such a row is kept, and left to that filter.
+ */
+static bool
+row_is_ours(HeapTuple tuple, TupleDesc desc)
+{
+	for (int i = 0; i < decoded->nkeys; i++)
+	{
+		AttrNumber	attnum = decoded->key_atts[i];
+		Form_pg_attribute att;
+
+		if (attnum > desc->natts)
+			return true;
+		att = TupleDescAttr(desc, attnum - 1);
+		if (att->attisdropped)
+			return true;
+		decoded->key_values[i] = heap_getattr(tuple, attnum, desc, &decoded->key_nulls[i]);
+		if (!decoded->key_nulls[i] && att->attlen == -1 &&
+			VARATT_IS_EXTERNAL(DatumGetPointer(decoded->key_values[i])))
+			return true;
+	}
+	if (stp_router_route(decoded->router, decoded->key_values, decoded->key_nulls,
+						 decoded->partitions) == decoded->partition)
+		return true;
+	decoded->nforeign++;
+	return false;
+}
+
+/*
+ * Keep a decoded row if its group may be the partition's own.
+ */
+static bool
+keep_own_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
+{
+	if (decoded->router != NULL && !row_is_ours(tuple, RelationGetDescr(relation)))
+		return false;
+	keep_row(relation, tuple, old_tuple);
+	return true;
+}
+
+/*
  * Keep the old and new rows of a change to the job's source; drop every
- * other change at once, and those of transactions already applied.
+ * other change at once, those of transactions already applied, and (with
+ * a router) the rows of other partitions' groups.
  */
 static void
 plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
@@ -279,6 +378,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 {
 	HeapTuple	newtup = NULL;
 	HeapTuple	oldtup = NULL;
+	bool		kept = false;
 
 	if (decoded == NULL || RelationGetRelid(relation) != decoded->relid ||
 		txn->end_lsn <= decoded->skip_upto)
@@ -298,7 +398,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
 			if (newtup)
-				keep_row(relation, newtup, NULL);
+				kept = keep_own_row(relation, newtup, NULL);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 		case REORDER_BUFFER_CHANGE_DELETE:
@@ -309,14 +409,20 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 								RelationGetRelationName(relation)),
 						 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
 								 RelationGetRelationName(relation))));
-			keep_row(relation, oldtup, NULL);
+			if (keep_own_row(relation, oldtup, NULL))
+			{
+				kept = true;
+				decoded->nretracted++;
+			}
 			if (newtup)
-				keep_row(relation, newtup, oldtup);
+				kept |= keep_own_row(relation, newtup, oldtup);
 			break;
 		default:
 			return;
 	}
-	remember_xid(txn->xid);
+	/* A transaction that changed none of the partition's groups: no wait. */
+	if (kept)
+		remember_xid(txn->xid);
 }
 
 /*
@@ -398,6 +504,58 @@ decoded_reset(void)
 }
 
 /*
+ * With more than one partition, route the decoded rows in the change
+ * callback when every group key is a plain column of the source (its
+ * deparsed expression is the column's quoted name): the tuplestore then
+ * holds the partition's rows only.  Other keys (expressions, collations
+ * other than the column's) leave the routing to the batch statement.
+ * Called in the step's memory context, outside any historic snapshot.
+ */
+static void
+setup_router(TupleDesc desc)
+{
+	StpJobDef  *def = stp_worker.def;
+	int			nkeys = list_length(def->key_exprs);
+	Oid		   *types;
+	Oid		   *colls;
+	ListCell   *lc;
+
+	if (def->partitions <= 1 || nkeys == 0)
+		return;
+	types = palloc(sizeof(Oid) * nkeys);
+	colls = palloc(sizeof(Oid) * nkeys);
+	decoded->key_atts = palloc(sizeof(AttrNumber) * nkeys);
+	foreach(lc, def->key_exprs)
+	{
+		const char *expr = lfirst(lc);
+		int			k = foreach_current_index(lc);
+		AttrNumber	found = InvalidAttrNumber;
+
+		for (int i = 0; i < desc->natts && found == InvalidAttrNumber; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (!att->attisdropped &&
+				strcmp(expr, quote_identifier(NameStr(att->attname))) == 0)
+			{
+				found = att->attnum;
+				types[k] = att->atttypid;
+				colls[k] = att->attcollation;
+			}
+		}
+		if (found == InvalidAttrNumber)
+			return;				/* an expression: the batch statement routes */
+		decoded->key_atts[k] = found;
+	}
+	decoded->nkeys = nkeys;
+	decoded->key_values = palloc(sizeof(Datum) * nkeys);
+	decoded->key_nulls = palloc(sizeof(bool) * nkeys);
+	decoded->partition = stp_worker.args.partition;
+	decoded->partitions = def->partitions;
+	decoded->router = stp_router_create(nkeys, types, colls);
+}
+
+/*
  * Start collecting for one step.  The tuplestore is not tied to the
  * transaction's resource owner: the reorder buffer's subtransactions
  * abort around every callback, and must not close its file.
@@ -438,6 +596,7 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 			decoded->atttypes[i] = att->attisdropped ? InvalidOid : att->atttypid;
 			decoded->atttypmods[i] = att->atttypmod;
 		}
+		setup_router(desc);
 		relation_close(rel, NoLock);
 	}
 	MemoryContextSwitchTo(old);
@@ -704,6 +863,61 @@ slot_active(const char *name)
 }
 
 /*
+ * Flush the WAL up to the current insert position if part of it is not
+ * flushed yet, so that a step decodes every transaction that has
+ * committed, including those that committed asynchronously.  The flush is
+ * one XLogFlush per step, which a synchronous commit pays anyway; it only
+ * makes those transactions durable sooner.
+ */
+static void
+flush_inserted_wal(void)
+{
+	XLogRecPtr	insert = GetXLogInsertRecPtr();
+
+	if (insert > GetFlushRecPtr(NULL))
+		XLogFlush(insert);
+}
+
+/*
+ * Decode the WAL up to end (with limited, stopping once the step holds
+ * batch_size rows), in the step's transaction, restoring its resource
+ * owner and memory context.
+ */
+static void
+decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
+		  ResourceOwner owner, MemoryContext caller_ctx)
+{
+	quiet_decoding_start();
+	InvalidateSystemCaches();
+	while (ctx->reader->EndRecPtr < end)
+	{
+		XLogRecord *record;
+		char	   *errm = NULL;
+
+		/*
+		 * The reader allocates its decode and record buffers when it
+		 * first needs them, and keeps them: in the context's memory, which
+		 * outlives the step.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(ctx->context);
+
+		record = XLogReadRecord(ctx->reader, &errm);
+		MemoryContextSwitchTo(old);
+		if (errm)
+			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
+		if (record != NULL)
+			LogicalDecodingProcessRecord(ctx, ctx->reader);
+		if (limited && decoded->nrows >= stp_worker.def->batch_size)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+	CurrentResourceOwner = owner;
+	InvalidateSystemCaches();
+	quiet_decoding = false;
+	MemoryContextSwitchTo(caller_ctx);
+}
+
+/*
  * One step of a slot job's partition: decode the WAL from the slot up to
  * the flushed position (or batch_size rows), then apply the touched groups
  * and the position in one transaction, and confirm the slot after it
@@ -721,9 +935,17 @@ stp_slot_step(bool *stop)
 	XLogRecPtr	upto;
 	int			nestlevel;
 	int64		rows;
+	bool		merge;
+	Snapshot	snap = NULL;
+	XLogRecPtr	horizon = InvalidXLogRecPtr;
 	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
 	int			ret;
 
+	if (!recompute_horizon_known)
+	{
+		recompute_horizon = GetXLogInsertRecPtr();
+		recompute_horizon_known = true;
+	}
 	stp_slot_name(name, MyDatabaseId, stp_worker.args.job_id, stp_worker.args.partition);
 	if (!slot_exists(name))
 	{
@@ -761,7 +983,16 @@ stp_slot_step(bool *stop)
 	 * the source until the batch commits): every row up to the end was
 	 * written before the types were read, so a row of the types before an
 	 * ALTER is told from a row of the types after it.
+	 *
+	 * Decoding may read only flushed WAL (what a crash could lose must not
+	 * reach the result).  A transaction that committed with
+	 * synchronous_commit = off is flushed by the walwriter up to
+	 * wal_writer_delay (200 ms by default) later, and would wait that long
+	 * for its group: the worker flushes the WAL up to the insert position
+	 * itself, at most once per step and only when some of it is not
+	 * flushed yet.
 	 */
+	flush_inserted_wal();
 	end = GetFlushRecPtr(NULL);
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
@@ -777,35 +1008,8 @@ stp_slot_step(bool *stop)
 		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
 	}
 	ctx = decoding;
-	quiet_decoding_start();
-	InvalidateSystemCaches();
-	while (ctx->reader->EndRecPtr < end)
-	{
-		XLogRecord *record;
-		char	   *errm = NULL;
-
-		/*
-		 * The reader allocates its decode and record buffers when it
-		 * first needs them, and keeps them: in the context's memory, which
-		 * outlives the step.
-		 */
-		MemoryContext old = MemoryContextSwitchTo(ctx->context);
-
-		record = XLogReadRecord(ctx->reader, &errm);
-		MemoryContextSwitchTo(old);
-		if (errm)
-			elog(ERROR, "could not read the WAL for logical decoding: %s", errm);
-		if (record != NULL)
-			LogicalDecodingProcessRecord(ctx, ctx->reader);
-		if (decoded->nrows >= stp_worker.def->batch_size)
-			break;
-		CHECK_FOR_INTERRUPTS();
-	}
-	CurrentResourceOwner = owner;
+	decode_to(ctx, end, true, owner, caller_ctx);
 	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
-	InvalidateSystemCaches();
-	quiet_decoding = false;
-	MemoryContextSwitchTo(caller_ctx);
 
 	if (decoded->altered)
 		ereport(ERROR,
@@ -834,10 +1038,69 @@ stp_slot_step(bool *stop)
 
 	stp_set_slot_state(STP_WS_RUNNING);
 
-	/* Every decoded transaction must be visible to the snapshot below. */
+	/*
+	 * New rows only, and no recomputation's snapshot saw any of their
+	 * transactions: merge them, as a table job merges its batch.
+	 */
+	merge = (!decoded->truncated && decoded->nretracted == 0 &&
+			 (XLogRecPtr) stp_worker.offset >= recompute_horizon);
+
+	/*
+	 * Every decoded transaction must be visible to the snapshot that
+	 * recomputes.  That snapshot may see later transactions too, up to the
+	 * insert position read after it (the horizon): the step decodes on up
+	 * to there, so that the next batch need not recompute what this one
+	 * saw.  A transaction decoded so that the snapshot does not see (it
+	 * left the proc array after the snapshot) is waited for, and the
+	 * snapshot taken again.
+	 */
 	pgstat_report_activity(STATE_RUNNING, "stp: waiting for decoded transactions to end");
-	for (int i = 0; i < decoded->nxids; i++)
-		XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	if (merge)
+	{
+		/*
+		 * A merge reads no snapshot, but a later batch's recomputation
+		 * must see what this one merged: these transactions leave the
+		 * proc array before the batch commits.
+		 */
+		for (int i = 0; i < decoded->nxids; i++)
+			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	}
+	else
+	{
+		int			waited = 0;
+
+		for (;;)
+		{
+			bool		unseen = false;
+
+			for (; waited < decoded->nxids; waited++)
+				XactLockTableWait(decoded->xids[waited], NULL, NULL, XLTW_None);
+			if (snap != NULL)
+				UnregisterSnapshot(snap);
+			snap = RegisterSnapshot(GetTransactionSnapshot());
+			horizon = GetXLogInsertRecPtr();
+			if (decoded->truncated || decoded->nrows >= stp_worker.def->batch_size ||
+				upto >= horizon)
+				break;
+			pgstat_report_activity(STATE_RUNNING, "stp: decoding up to the snapshot");
+			if (horizon > GetFlushRecPtr(NULL))
+				XLogFlush(horizon);
+			decode_to(ctx, horizon, false, owner, caller_ctx);
+			upto = Max(ctx->reader->EndRecPtr, upto);
+			if (decoded->altered)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the column types of source %s changed after job \"%s\" was created",
+								stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+						 errdetail("The WAL holds rows of the source with other column types than it has now."),
+						 errhint("Drop the job and create it again.")));
+			for (int i = waited; i < decoded->nxids; i++)
+				unseen |= XidInMVCCSnapshot(decoded->xids[i], snap);
+			if (!unseen)
+				break;
+			/* Rare: wait for those, and take the snapshot again. */
+		}
+	}
 
 	nestlevel = stp_pin_worker_settings();
 	SPI_connect();
@@ -857,12 +1120,29 @@ stp_slot_step(bool *stop)
 
 	pgstat_report_activity(STATE_RUNNING, "stp: batch");
 	if (decoded->truncated)
+	{
 		(void) rebuild_groups();
+		/* Every snapshot the rebuild took is older than this position. */
+		recompute_horizon = GetXLogInsertRecPtr();
+	}
 	else
 	{
-		ret = SPI_execute_plan(stp_worker.batch_plan, values, NULL, false, 0);
+		if (merge)
+			ret = SPI_execute_plan(stp_worker.slot_merge_plan, values, NULL, false, 0);
+		else
+		{
+			/* Under the snapshot that saw every decoded transaction. */
+			ret = SPI_execute_snapshot(stp_worker.batch_plan, values, NULL, snap,
+									   InvalidSnapshot, false, false, 0);
+			recompute_horizon = horizon;
+		}
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+	}
+	if (snap != NULL)
+	{
+		UnregisterSnapshot(snap);
+		snap = NULL;
 	}
 	if (stp_worker.recheck)
 		stp_check_job_relations();

@@ -215,6 +215,12 @@ keys_have_collations(StpJobDef *def)
 static bool slot_groups_only = false;
 
 /*
+ * While stp_slot_merge_sql builds its statement: the aggregation reads the
+ * decoded rows (stp.slot_changes()), not the source.
+ */
+static bool slot_decoded_rows = false;
+
+/*
  * Append the keys' expressions, separated by commas.
  */
 static void
@@ -267,6 +273,11 @@ append_slot_source_rows(StringInfo buf, StpJobDef *def)
 	int			nkeys = list_length(def->key_exprs);
 	int			i;
 
+	if (slot_decoded_rows)
+	{
+		appendStringInfo(buf, " FROM stp.slot_changes(NULL::%s) AS %s WHERE true", src, alias);
+		return;
+	}
 	if (!slot_groups_only)
 	{
 		appendStringInfo(buf, " FROM %s WHERE true", src);
@@ -1164,6 +1175,31 @@ stp_slot_batch_sql(StpJobDef *def, int32 partition)
 	}
 	appendStringInfoString(&buf, ") SELECT pg_catalog.count(*) FROM g");
 	return buf.data;
+}
+
+/*
+ * The merge statement of a slot job's partition, for a batch whose decoded
+ * rows are all new rows (INSERTs, and the new rows of UPDATEs whose old
+ * row is another partition's): the decoded rows are aggregated and merged
+ * into the result table as a table job's batch merges its new rows, with
+ * no read of the source.  slot.c says when this is exact.
+ */
+char *
+stp_slot_merge_sql(StpJobDef *def, int32 partition)
+{
+	char	   *sql = NULL;
+
+	slot_decoded_rows = true;
+	PG_TRY();
+	{
+		sql = stp_batch_sql(def, partition);
+	}
+	PG_FINALLY();
+	{
+		slot_decoded_rows = false;
+	}
+	PG_END_TRY();
+	return sql;
 }
 
 /*

@@ -259,6 +259,7 @@ extern char *stp_distinct_table_name(const char *state_name, int agg);
 extern Oid	stp_distinct_table(StpJobDef *def, int agg);
 extern char *stp_distinct_sql(StpJobDef *def, int32 partition, int agg);
 extern char *stp_slot_batch_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_merge_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
 
@@ -408,5 +409,9 @@ extern uint64 stp_slot_confirmed(int32 job_id, int32 partition);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);
+typedef struct StpRouter StpRouter;
+extern StpRouter *stp_router_create(int nkeys, const Oid *types, const Oid *collations);
+extern int32 stp_router_route(StpRouter *r, const Datum *values, const bool *nulls,
+							  int32 nparts);
 
 #endif							/* STP_H */
