@@ -259,43 +259,6 @@ ALTER TABLE stp.jobs ADD COLUMN resize_to int CHECK (resize_to BETWEEN 1 AND 64)
 -- id and no further, until the job has its new partitions.
 ALTER TABLE stp.partitions ADD COLUMN stop_at bigint;
 
--- stp.job_status gains: mode ('leaves' or 'route') and the leaves each
--- partition reads; a partition that waits at the cut of a resize shows
--- state 'resizing'.
-CREATE OR REPLACE VIEW stp.job_status AS
-SELECT j.job_name,
-       j.job_id,
-       p.partition,
-       w.pid,
-       CASE WHEN j.state = 'stopped' THEN 'stopped'
-            WHEN p.failed THEN 'failed'
-            WHEN p.stop_at IS NOT NULL AND p.processed_upto >= p.stop_at THEN 'resizing'
-            WHEN w.state IS NOT NULL THEN w.state
-            ELSE 'waiting' END AS state,
-       p.processed_upto,
-       p.rows_processed,
-       b.rows_behind,
-       p.last_batch_at,
-       COALESCE(p.last_error, w.note) AS last_error,
-       round(COALESCE(a.rows_last_minute, 0) / 60.0, 1) AS rows_per_second,
-       CASE WHEN b.rows_behind = 0 OR w.state = 'idle' THEN 0
-            ELSE round(extract(epoch FROM clock_timestamp()
-                               - COALESCE(a.caught_up_at, p.last_batch_at, j.created_at))::numeric, 1)
-       END AS seconds_behind,
-       a.waiting_for_pid,
-       CASE WHEN j.leaves IS NOT NULL THEN 'leaves' ELSE 'route' END AS mode,
-       ARRAY(SELECT l.leaf FROM unnest(j.leaves) WITH ORDINALITY AS l(leaf, i)
-             WHERE (l.i - 1) % j.partitions = p.partition ORDER BY l.i) AS leaves
-FROM stp.jobs j
-JOIN stp.partitions p ON p.job_id = j.job_id
--- The sequence is read once per partition, for both columns.
-CROSS JOIN LATERAL (
-    SELECT GREATEST(COALESCE(stp.sequence_last_value(j.sequence), p.processed_upto)
-                    - p.processed_upto, 0) AS rows_behind) b
-LEFT JOIN stp.worker_slots() w ON w.job_id = p.job_id AND w.partition = p.partition
-LEFT JOIN stp.worker_activity() a ON a.job_id = p.job_id AND a.partition = p.partition
-ORDER BY j.job_name, p.partition;
-
 -- stp.job_overview: a job whose partitions wait at the cut of a resize is
 -- 'resizing', after 'waiting' and before 'starting' in urgency.
 CREATE OR REPLACE VIEW stp.job_overview AS
@@ -404,25 +367,12 @@ RETURNS SETOF anyelement
 AS 'MODULE_PATHNAME', 'stp_slot_changes'
 LANGUAGE C VOLATILE;
 
-DROP FUNCTION stp_start_job(text, text, text, int, text, text, int, interval);
-CREATE FUNCTION stp_start_job(job_name text,
-                              query text,
-                              result_table text,
-                              partitions int DEFAULT 1,
-                              order_column text DEFAULT NULL,
-                              start_from text DEFAULT 'beginning',
-                              batch_size int DEFAULT 1000000,
-                              poll_interval interval DEFAULT '50 ms',
-                              source text DEFAULT 'table')
-RETURNS int
-AS 'MODULE_PATHNAME', 'stp_start_job'
-LANGUAGE C VOLATILE;
-
--- stp.job_status (with the columns of partitioned sources and resizes
--- above), with two columns more for slot jobs (NULL for table
--- jobs): wal_bytes_behind, the WAL between the partition's applied
--- position and the current WAL position, and wal_retained_bytes, the WAL
--- that its slot keeps from being removed (NULL once it was invalidated).
+-- stp.job_status of 1.2: mode ('leaves' or 'route') and the leaves each
+-- partition reads; state 'resizing' for a partition that waits at the
+-- cut of a resize; and two columns for slot jobs (NULL for table jobs):
+-- wal_bytes_behind, the WAL between the partition's applied position and
+-- the current WAL position, and wal_retained_bytes, the WAL that its slot
+-- keeps from being removed (NULL once it was invalidated).
 CREATE OR REPLACE VIEW stp.job_status AS
 SELECT j.job_name,
        j.job_id,
@@ -486,7 +436,9 @@ ORDER BY j.job_name, p.partition;
 ALTER TABLE stp.jobs ADD COLUMN strategy text NOT NULL DEFAULT 'groups'
     CHECK (strategy IN ('groups', 'rows'));
 
-DROP FUNCTION stp_start_job(text, text, text, int, text, text, int, interval, text);
+-- stp_start_job of 1.2, with the source (see the slot source above) and
+-- the strategy.
+DROP FUNCTION stp_start_job(text, text, text, int, text, text, int, interval);
 CREATE FUNCTION stp_start_job(job_name text,
                               query text,
                               result_table text,
