@@ -312,13 +312,8 @@ check_partitioned_source(StpJobDef *def, const char *job_name)
 						job_name, stp_qualified_relname(def->source)),
 				 errdetail("The job cannot give each worker partitions of its own: %s.", why),
 				 errhint("A source partitioned BY HASH on columns that the GROUP BY contains lets each worker read only its own partitions.")));
-	else if (def->partitions > list_length(def->leaves))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partitions must be at most %d, the number of partitions of source %s",
-						list_length(def->leaves), stp_qualified_relname(def->source)),
-				 errdetail("Each worker of the job reads whole partitions of the hash-partitioned source."),
-				 errhint("Use fewer partitions, or partition the source into more.")));
+	else
+		stp_check_leaves_partitions(def, def->partitions);
 }
 
 /*

@@ -303,3 +303,19 @@ stp_check_leaves(StpJobDef *def, const char *srcname)
 	}
 	return NULL;
 }
+
+/*
+ * A job that reads its source's partitions directly has at most as many
+ * partitions as the source: each worker reads whole source partitions.
+ */
+void
+stp_check_leaves_partitions(StpJobDef *def, int32 partitions)
+{
+	if (def->leaves != NIL && partitions > list_length(def->leaves))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions must be at most %d, the number of partitions of source %s",
+						list_length(def->leaves), stp_qualified_relname(def->source)),
+				 errdetail("Each worker of the job reads whole partitions of the hash-partitioned source."),
+				 errhint("Use fewer partitions, or partition the source into more.")));
+}

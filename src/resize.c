@@ -182,13 +182,7 @@ check_new_partitions(StpJobDef *def, int32 partitions)
 				 errmsg("the partition count of job \"%s\" cannot change: its source is 'slot'", def->job_name),
 				 errdetail("Each partition of a slot job owns a replication slot and the groups it built from it."),
 				 errhint("Drop the job and start it again with the new partition count; it builds its groups from the source.")));
-	if (def->leaves != NIL && partitions > list_length(def->leaves))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partitions must be at most %d, the number of partitions of source %s",
-						list_length(def->leaves), stp_qualified_relname(def->source)),
-				 errdetail("Each worker of the job reads whole partitions of the hash-partitioned source."),
-				 errhint("Use fewer partitions, or partition the source into more.")));
+	stp_check_leaves_partitions(def, partitions);
 }
 
 /*

@@ -397,6 +397,7 @@ extern char *stp_leaves_from_item(StpJobDef *def, int32 partition);
 extern char *stp_source_names(StpJobDef *def, int32 partition);
 extern List *stp_leaves_to_wait(StpJobDef *def, int32 partition);
 extern char *stp_check_leaves(StpJobDef *def, const char *srcname);
+extern void stp_check_leaves_partitions(StpJobDef *def, int32 partitions);
 extern bool stp_leaf_order_default_ok(StpJobDef *def, Oid leaf);
 extern void stp_note_leaf_change(Oid parent, const char *what);
 /* slot.c */
