@@ -209,40 +209,45 @@ check_job_relations(void)
 }
 
 /*
+ * Prepare one of the worker's statements (what names it in messages), with
+ * its two int8 parameters, and keep it for the worker's life.
+ */
+static SPIPlanPtr
+prepare_kept(const char *what, const char *sql)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	SPIPlanPtr	plan;
+
+	elog(DEBUG1, "stp job %d partition %d %s: %s",
+		 stp_worker.args.job_id, stp_worker.args.partition, what, sql);
+	plan = SPI_prepare(sql, 2, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the %s statement: %s", what,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
  * Prepare the batch statement with the current names of the job's tables,
  * replacing the one made with their old names.
  */
 static void
 prepare_batch_plan(StpJobDef *def)
 {
-	Oid			types[2] = {INT8OID, INT8OID};
-	char	   *sql = def->slot_source ?
-		stp_slot_batch_sql(def, stp_worker.args.partition) :
-		stp_batch_sql(def, stp_worker.args.partition);
 	SPIPlanPtr	plan;
 	MemoryContext old;
 	ListCell   *lc;
 
-	elog(DEBUG1, "stp job %d partition %d batch: %s",
-		 stp_worker.args.job_id, stp_worker.args.partition, sql);
-	plan = SPI_prepare(sql, 2, types);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the batch statement: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
+	plan = prepare_kept("batch", def->slot_source ?
+						stp_slot_batch_sql(def, stp_worker.args.partition) :
+						stp_batch_sql(def, stp_worker.args.partition));
 	if (stp_worker.batch_plan)
 		SPI_freeplan(stp_worker.batch_plan);
 	stp_worker.batch_plan = plan;
 	if (def->slot_source)
 	{
-		sql = stp_slot_merge_sql(def, stp_worker.args.partition);
-		elog(DEBUG1, "stp job %d partition %d merge: %s",
-			 stp_worker.args.job_id, stp_worker.args.partition, sql);
-		plan = SPI_prepare(sql, 2, types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the merge statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
+		plan = prepare_kept("merge", stp_slot_merge_sql(def, stp_worker.args.partition));
 		if (stp_worker.slot_merge_plan)
 			SPI_freeplan(stp_worker.slot_merge_plan);
 		stp_worker.slot_merge_plan = plan;
@@ -252,18 +257,14 @@ prepare_batch_plan(StpJobDef *def)
 		SPI_freeplan(lfirst(lc));
 	list_free(stp_worker.distinct_plans);
 	stp_worker.distinct_plans = NIL;
+
 	foreach(lc, def->agg_kinds)
 	{
 		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
-		sql = stp_distinct_sql(def, stp_worker.args.partition, foreach_current_index(lc));
-		elog(DEBUG1, "stp job %d partition %d distinct: %s",
-			 stp_worker.args.job_id, stp_worker.args.partition, sql);
-		plan = SPI_prepare(sql, 2, types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare a distinct count statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
+		plan = prepare_kept("distinct count",
+							stp_distinct_sql(def, stp_worker.args.partition,
+											 foreach_current_index(lc)));
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		stp_worker.distinct_plans = lappend(stp_worker.distinct_plans, plan);
 		MemoryContextSwitchTo(old);
