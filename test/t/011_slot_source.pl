@@ -84,8 +84,9 @@ for my $job (sort keys %jobs)
 		  . "batch_size => $j->{batch_size}, source => 'slot')");
 }
 StpTest::wait_for_workers($node, 'start', 6);
-is($node->safe_psql('postgres', "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'stp'"),
-	'6', 'one slot per partition');
+# Each worker creates its slot when it starts: wait for the last one.
+ok($node->poll_query_until('postgres', "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'stp'", '6'),
+	'one slot per partition');
 
 # Check that every job equals its batch query.
 sub check_jobs

@@ -77,10 +77,10 @@ ok( $node->poll_query_until(
 		'r_slot',
 		"SELECT bool_and(state IN ('idle', 'running')) FROM stp.job_status WHERE job_name = 'js'"),
 	'the restored slot job runs once the restore is complete');
-is( $node->safe_psql(
+ok( $node->poll_query_until(
 		'r_slot',
-		"SELECT count(*) FROM pg_replication_slots WHERE database = 'r_slot' AND plugin = 'stp'"),
-	'2', 'with a new slot per partition');
+		"SELECT count(*) FROM pg_replication_slots WHERE database = 'r_slot' AND plugin = 'stp'", '2'),
+	'with a new slot per partition');
 check_exact('r_slot', 'restored');
 
 # And it keeps up with UPDATE and DELETE in the new database.
