@@ -32,6 +32,7 @@
 #include "utils/regproc.h"
 #include "pgstat.h"
 #include "storage/lock.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -923,6 +924,13 @@ stp_drop_job(PG_FUNCTION_ARGS)
 			SPI_execute(psprintf("DROP VIEW %s", stp_qualified_relname(job->result_view)),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not drop the result view");
+
+		/*
+		 * A running worker locks the state table before the distinct
+		 * tables (batch.c); so does this, or the two would deadlock.
+		 */
+		if (get_rel_name(job->result) != NULL)
+			LockRelationOid(job->result, AccessExclusiveLock);
 		foreach(lc, def ? def->agg_kinds : NIL)
 		{
 			Oid			side;

@@ -55,12 +55,12 @@ stp_job_origin(Oid source)
 }
 
 /*
- * Does the table have a valid unique index on exactly the columns?
- * pg_restore creates it in the post-data section, after all data; the
- * merge cannot run without it.
+ * Does the table have a valid index (a unique one with unique) on exactly
+ * the columns?  pg_restore creates it in the post-data section, after all
+ * data; the merge cannot run without it.
  */
 static bool
-has_unique_index(Oid relid, List *columns)
+has_index(Oid relid, List *columns, bool unique)
 {
 	Relation	rel = try_relation_open(relid, AccessShareLock);
 	List	   *indexes;
@@ -79,7 +79,7 @@ has_unique_index(Oid relid, List *columns)
 		if (!HeapTupleIsValid(tup))
 			continue;
 		idx = (Form_pg_index) GETSTRUCT(tup);
-		match = idx->indisunique && idx->indisvalid &&
+		match = (idx->indisunique || !unique) && idx->indisvalid &&
 			idx->indnkeyatts == list_length(columns);
 		for (int i = 0; match && i < idx->indnkeyatts; i++)
 		{
@@ -106,8 +106,11 @@ has_unique_index(Oid relid, List *columns)
 
 /*
  * Do the result table, and the distinct table of each count(DISTINCT),
- * have their unique indexes?  A distinct table's index comes after its
- * rows, so a job never counts a value again that the dump held.
+ * have their indexes: the result table's unique one, a distinct table's
+ * unique one on its keys and value (pair layout) or its index on its keys
+ * (chunk layout, with the column _stp_values)?  A distinct table's index
+ * comes after its rows, so a job never counts a value again that the
+ * dump held.
  */
 static bool
 has_key_indexes(StpJobDef *def)
@@ -115,7 +118,7 @@ has_key_indexes(StpJobDef *def)
 	List	   *columns = lappend(list_copy(def->key_names), "_stp_value");
 	ListCell   *lc;
 
-	if (!has_unique_index(def->result, def->key_names))
+	if (!has_index(def->result, def->key_names, true))
 		return false;
 	foreach(lc, def->agg_kinds)
 	{
@@ -124,7 +127,10 @@ has_key_indexes(StpJobDef *def)
 		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
 		side = stp_distinct_table(def, foreach_current_index(lc));
-		if (!OidIsValid(side) || !has_unique_index(side, columns))
+		if (!OidIsValid(side))
+			return false;
+		if (get_attnum(side, "_stp_values") != InvalidAttrNumber ?
+			!has_index(side, def->key_names, false) : !has_index(side, columns, true))
 			return false;
 	}
 	return true;

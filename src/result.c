@@ -24,6 +24,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
 #include "executor/spi.h"
@@ -264,17 +265,107 @@ stp_create_state_table(Oid nspid, const char *result_name, List *columns, int nk
 }
 
 /*
- * Create the distinct table of each count(DISTINCT x) of the job, named
- * after the state table: the group's keys and the value, unique together.
- * The value column has the argument's type and the aggregate's collation,
- * so that the index's default btree operator class compares values as
- * the batch query's DISTINCT does.  The table is only inserted into.
+ * Is the grouping expression a time bucket, a call of date_bin or
+ * date_trunc?  Its groups then live for a window: a job stops adding to
+ * a minute's group once the minute is past.
+ */
+static bool
+is_time_bucket(Node *expr)
+{
+	Oid			func;
+	char	   *name;
+
+	if (!IsA(expr, FuncExpr))
+		return false;
+	func = ((FuncExpr *) expr)->funcid;
+	if (get_func_namespace(func) != PG_CATALOG_NAMESPACE)
+		return false;
+	name = get_func_name(func);
+	return name && (strcmp(name, "date_bin") == 0 || strcmp(name, "date_trunc") == 0);
+}
+
+/*
+ * Should the job's distinct tables keep their values in chunks, one row
+ * per group and batch with the batch's new values as an array, rather
+ * than one row per group and value?  Per batch, the chunk layout reads
+ * back every value its touched groups hold, which is cheap for groups
+ * that live a window and costly for big groups that live as long as the
+ * job; the pair layout probes the index once per pair instead.  So
+ * stp.distinct_layout 'auto' takes chunks when a group key is a time
+ * bucket.  A query without GROUP BY has one group, for ever: it keeps
+ * pairs.
+ */
+static bool
+use_chunks(StpShape *shape, int nkeys)
+{
+	ListCell   *lc;
+
+	if (nkeys == 0 || shape->global || stp_distinct_layout == STP_DISTINCT_LAYOUT_PAIRS)
+		return false;
+	if (stp_distinct_layout == STP_DISTINCT_LAYOUT_CHUNKS)
+		return true;
+	foreach(lc, shape->key_exprs)
+	{
+		if (is_time_bucket(lfirst(lc)))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Create a distinct table in the chunk layout: the group's key columns
+ * and _stp_values, an array of the aggregate's argument type with its
+ * collation, and a plain btree index on the keys, which finds a group's
+ * chunks.  The arrays are stored without compression (STORAGE EXTERNAL):
+ * every batch reads back the chunks of the groups it touches.
+ */
+static void
+create_chunk_table(Oid nspid, const char *relname, List *columns, int nkeys)
+{
+	StringInfoData buf;
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE TABLE %s (", qualified);
+	foreach(lc, columns)
+	{
+		StpColumn  *col = lfirst(lc);
+
+		appendStringInfo(&buf, "%s%s %s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(col->name),
+						 format_type_with_typemod(col->type, col->typmod));
+		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
+			appendStringInfo(&buf, " COLLATE %s", generate_collation_name(col->collation));
+	}
+	appendStringInfoChar(&buf, ')');
+	if (SPI_execute(buf.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create distinct table %s", qualified);
+	if (SPI_execute(psprintf("ALTER TABLE %s ALTER COLUMN _stp_values SET STORAGE EXTERNAL",
+							 qualified), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set the storage of distinct table %s", qualified);
+	if (SPI_execute(psprintf("CREATE INDEX ON %s (%s)", qualified,
+							 key_column_list(columns, nkeys)),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create the index of distinct table %s", qualified);
+	CommandCounterIncrement();
+}
+
+/*
+ * Create the distinct table of each count, sum or avg(DISTINCT x) of the
+ * job, named after the state table.  The value has the argument's type
+ * and the aggregate's collation, so that the type's default btree
+ * operator class compares values as the batch query's DISTINCT does.
+ * In the pair layout the table holds the group's keys and one value per
+ * row, unique together; in the chunk layout (use_chunks), the group's
+ * keys and an array of values per row.  The table is only inserted into.
  */
 void
 stp_create_distinct_tables(Oid nspid, Oid state_relid, StpShape *shape,
 					   List *columns, int nkeys)
 {
 	ListCell   *lc;
+	bool		chunks = use_chunks(shape, nkeys);
 
 	foreach(lc, shape->aggrefs)
 	{
@@ -302,10 +393,18 @@ stp_create_distinct_tables(Oid nspid, Oid state_relid, StpShape *shape,
 					 errdetail("The job keeps the values of count(DISTINCT ...) in a table named after its state table."),
 					 errhint("Choose another result name, or drop the relation.")));
 		value = palloc(sizeof(StpColumn));
-		value->name = "_stp_value";
 		value->type = exprType(arg);
 		value->typmod = exprTypmod(arg);
 		value->collation = agg->inputcollid;
+		if (chunks && OidIsValid(get_array_type(value->type)))
+		{
+			value->name = "_stp_values";
+			value->type = get_array_type(value->type);
+			create_chunk_table(nspid, name,
+							   lappend(list_copy_head(columns, nkeys), value), nkeys);
+			continue;
+		}
+		value->name = "_stp_value";
 		(void) stp_create_result_table(nspid, name,
 								   lappend(list_copy_head(columns, nkeys), value),
 								   nkeys + 1, 100);

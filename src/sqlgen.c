@@ -757,13 +757,16 @@ stp_distinct_table(StpJobDef *def, int agg)
  * The equality of a distinct table's column, "OPERATOR(schema.=)" (the
  * default btree operator class's, which its unique index compares with)
  * and the COLLATE that makes the other operand compare with the column's
- * collation, so that the index serves the comparison.
+ * collation, so that the index serves the comparison.  With element, of
+ * the elements of an array column (the chunk layout's _stp_values).
  */
 static void
-distinct_column_equality(Relation rel, const char *name, char **op, char **coll)
+distinct_column_equality(Relation rel, const char *name, bool element,
+						 char **op, char **coll)
 {
 	AttrNumber	attno = attnameAttNum(rel, name, false);
 	Form_pg_attribute att;
+	Oid			type;
 	TypeCacheEntry *tc;
 	HeapTuple	tup;
 	Form_pg_operator opr;
@@ -776,12 +779,20 @@ distinct_column_equality(Relation rel, const char *name, char **op, char **coll)
 				 errdetail("The job keeps the values of count(DISTINCT ...) in a table with its group's key columns."),
 				 errhint("Drop the job and create it again.")));
 	att = TupleDescAttr(RelationGetDescr(rel), attno - 1);
-	tc = lookup_type_cache(att->atttypid, TYPECACHE_BTREE_OPFAMILY | TYPECACHE_EQ_OPR);
+	type = element ? get_element_type(att->atttypid) : att->atttypid;
+	if (!OidIsValid(type))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of distinct table %s is not an array",
+						name, RelationGetRelationName(rel)),
+				 errdetail("The job keeps the values of a group in arrays."),
+				 errhint("Drop the job and create it again.")));
+	tc = lookup_type_cache(type, TYPECACHE_BTREE_OPFAMILY | TYPECACHE_EQ_OPR);
 	if (!OidIsValid(tc->btree_opf) || !OidIsValid(tc->eq_opr))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("type %s of column \"%s\" has no default btree operator class",
-						format_type_be(att->atttypid), name),
+						format_type_be(type), name),
 				 errdetail("The distinct table's unique index compares with the type's default btree operator class."),
 				 errhint("Drop the job and create it again.")));
 	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
@@ -822,6 +833,250 @@ append_distinct_match(StringInfo buf, List *keys, char **ops, char **colls,
 }
 
 /*
+ * Append ", fn(_stp_value<cast>)" over the new values of a group, or with
+ * fn NULL their count: over the group's rows of values, or with chunks
+ * over the elements of its one row's array d._stp_values.
+ */
+static void
+append_values_agg(StringInfo buf, bool chunks, const char *fn, const char *cast)
+{
+	if (fn == NULL)
+		appendStringInfoString(buf, chunks ?
+							   ", pg_catalog.cardinality(d._stp_values)::pg_catalog.int8" :
+							   ", pg_catalog.count(*)");
+	else if (chunks)
+		appendStringInfo(buf, ", (SELECT %s(_stp_value%s) FROM pg_catalog.unnest(d._stp_values) AS _stp_value)",
+						 fn, cast);
+	else
+		appendStringInfo(buf, ", %s(_stp_value%s)", fn, cast);
+}
+
+/*
+ * Append the INSERT that adds the new distinct values of the job's agg-th
+ * aggregate to their groups' count, sum, or avg's sum and count in the
+ * state table.  The rows of from are the group's keys and a new value
+ * (_stp_value), or with chunks, the group's keys and the array of its new
+ * values (_stp_values), one row per group.
+ */
+static void
+append_distinct_merge(StringInfo buf, StpJobDef *def, int agg, List *keys,
+					  const char *from, bool chunks)
+{
+	const char *col = quote_identifier(list_nth(def->agg_names, agg));
+	StpAggKind	kind = (StpAggKind) list_nth_int(def->agg_kinds, agg);
+	const char *s = quote_identifier(stp_avg_sum_column(list_nth(def->agg_names, agg)));
+	const char *n = quote_identifier(stp_avg_count_column(list_nth(def->agg_names, agg)));
+
+	appendStringInfo(buf, " INSERT INTO %s AS r (", stp_qualified_relname(def->result));
+	append_joined(buf, keys);
+	if (STP_AGG_IS_AVG(kind))
+		appendStringInfo(buf, ", %s, %s, %s) SELECT ", col, s, n);
+	else
+		appendStringInfo(buf, ", %s) SELECT ", col);
+	append_joined(buf, keys);
+	switch (kind)
+	{
+		case STP_AGG_SUM_DISTINCT:
+			append_values_agg(buf, chunks, "pg_catalog.sum", "");
+			break;
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+			append_values_agg(buf, chunks, "pg_catalog.avg", "");
+			append_values_agg(buf, chunks, "pg_catalog.sum", "");
+			append_values_agg(buf, chunks, NULL, NULL);
+			break;
+		case STP_AGG_AVG_FLOAT_DISTINCT:
+			append_values_agg(buf, chunks, "pg_catalog.avg", "::pg_catalog.float8");
+			append_values_agg(buf, chunks, "pg_catalog.sum", "::pg_catalog.float8");
+			append_values_agg(buf, chunks, NULL, NULL);
+			break;
+		default:
+			append_values_agg(buf, chunks, NULL, NULL);
+			break;
+	}
+	appendStringInfo(buf, " FROM %s AS d (", from);
+	append_joined(buf, keys);
+	if (chunks)
+		appendStringInfoString(buf, ", _stp_values)");
+	else
+	{
+		appendStringInfoString(buf, ", _stp_value) GROUP BY ");
+		append_joined(buf, keys);
+	}
+	appendStringInfoString(buf, " ON CONFLICT (");
+	append_joined(buf, keys);
+	appendStringInfoString(buf, ") DO UPDATE SET ");
+
+	/*
+	 * The group's row exists: the batch statement merged it.  avg is its
+	 * merged sum over its merged count, as in the batch statement.
+	 */
+	switch (kind)
+	{
+		case STP_AGG_SUM_DISTINCT:
+			appendStringInfo(buf, "%s = ", col);
+			append_sum_merge(buf, col);
+			break;
+		case STP_AGG_AVG_NUMERIC_DISTINCT:
+		case STP_AGG_AVG_FLOAT_DISTINCT:
+			appendStringInfo(buf, "%s = (", col);
+			append_sum_merge(buf, s);
+			appendStringInfo(buf, kind == STP_AGG_AVG_NUMERIC_DISTINCT ?
+							 ")::pg_catalog.numeric / (r.%s + EXCLUDED.%s)::pg_catalog.numeric, " :
+							 ") / (r.%s + EXCLUDED.%s)::pg_catalog.float8, ", n, n);
+			appendStringInfo(buf, "%s = ", s);
+			append_sum_merge(buf, s);
+			appendStringInfo(buf, ", %s = r.%s + EXCLUDED.%s", n, n, n);
+			break;
+		default:
+			appendStringInfo(buf, "%s = r.%s + EXCLUDED.%s", col, col, col);
+			break;
+	}
+}
+
+/*
+ * Append "g.k0 IS NULL AND g.k1 IS NOT NULL ..." (the groups whose keys
+ * are NULL exactly where mask has a bit), and with probe, the condition
+ * "d.<key> IS NULL AND d.<key> = (g.k1) ..." that finds their chunks:
+ * both are conditions a btree index on the keys serves.
+ */
+static void
+append_null_pattern(StringInfo buf, List *keys, char **ops, char **colls,
+					int mask, bool probe)
+{
+	ListCell   *lc;
+
+	foreach(lc, keys)
+	{
+		int			i = foreach_current_index(lc);
+		bool		null = (mask & (1 << i)) != 0;
+
+		if (probe && null)
+			appendStringInfo(buf, "%sd.%s IS NULL", i > 0 ? " AND " : "",
+							 (char *) lfirst(lc));
+		else if (probe)
+			appendStringInfo(buf, "%sd.%s %s (g.k%d%s)", i > 0 ? " AND " : "",
+							 (char *) lfirst(lc), ops[i], i, colls[i]);
+		else
+			appendStringInfo(buf, "%sg.k%d IS %sNULL", i > 0 ? " AND " : "",
+							 i, null ? "" : "NOT ");
+	}
+}
+
+/*
+ * The statement of stp_distinct_sql for a distinct table in the chunk
+ * layout (result.c): one row per group and batch, the group's keys and
+ * the values the batch added to it, in an array (_stp_values), sorted and
+ * each once under the value's default btree equality and the aggregate's
+ * collation.
+ *
+ * _stp_b holds the batch's values of each group as such an array, made
+ * as the batch query's count(DISTINCT) makes them (sorted by group, then
+ * each group's values sorted and deduplicated), and numbers the groups.
+ * _stp_o is every value that the table holds for those groups: each
+ * group's chunks are found with one index probe.  A key that is NULL
+ * cannot be found with "=", so the groups are taken by the pattern of
+ * NULLs in their keys, each pattern with the condition (IS NULL where
+ * the key is NULL, "=" elsewhere) that the index serves; with more than
+ * STP_DISTINCT_NULL_PATTERN_KEYS keys, the groups with a NULL in their
+ * key compare with every chunk instead.  A group the table holds nothing
+ * of gets its array as its chunk; the others get the values of theirs
+ * that the table does not hold (a hash anti-join on the group's number
+ * and the value).  Each chunk is inserted with a plain INSERT: a group's
+ * values belong to its partition, whose worker holds the batch, and
+ * nobody else inserts them.  Then each group's new values are added to
+ * its state.
+ */
+#define STP_DISTINCT_NULL_PATTERN_KEYS 4
+
+static char *
+distinct_chunks_sql(StpJobDef *def, int32 partition, int agg, const char *table,
+					List *keys, char **ops, char **colls)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	const char *arg = list_nth(def->agg_args, agg);
+	char	   *cond = agg < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, agg) : NULL;
+	int			nkeys = list_length(keys);
+	int			npatterns;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "WITH _stp_b AS MATERIALIZED (SELECT pg_catalog.row_number() OVER () AS g, ");
+	foreach(lc, def->key_exprs)
+		appendStringInfo(&buf, "%s AS k%d, ", (char *) lfirst(lc), foreach_current_index(lc));
+	appendStringInfo(&buf, "pg_catalog.array_agg(DISTINCT (%s) ORDER BY (%s)) AS vs", arg, arg);
+	append_source_rows(&buf, def, partition);
+	appendStringInfo(&buf, " AND (%s) IS NOT NULL", arg);
+	if (cond)
+		appendStringInfo(&buf, " AND (%s)", cond);
+	appendStringInfoString(&buf, " GROUP BY ");
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", i + 2);
+	appendStringInfoString(&buf, "), _stp_o AS MATERIALIZED (");
+
+	/*
+	 * The stored values of the groups, one branch per pattern of NULL keys:
+	 * each group's a subplan, an index scan.  The statement has no
+	 * nested loop, which the worker disables for the distinct statements
+	 * (batch.c), so that its cost stays low enough for JIT to leave it.
+	 */
+	npatterns = nkeys <= STP_DISTINCT_NULL_PATTERN_KEYS ? 1 << nkeys : 2;
+	for (int mask = 0; mask < npatterns; mask++)
+	{
+		if (mask > 0)
+			appendStringInfoString(&buf, " UNION ALL ");
+		appendStringInfo(&buf, "SELECT g.g, pg_catalog.unnest(ARRAY(SELECT pg_catalog.unnest(d._stp_values) FROM %s d WHERE ",
+						 table);
+		if (npatterns == 1 << nkeys || mask == 0)
+			append_null_pattern(&buf, keys, ops, colls, mask, true);
+		else
+		{
+			foreach(lc, keys)
+			{
+				int			i = foreach_current_index(lc);
+
+				appendStringInfo(&buf, "%s(d.%s %s (g.k%d%s) OR d.%s IS NULL AND g.k%d IS NULL)",
+								 i > 0 ? " AND " : "", (char *) lfirst(lc), ops[i], i,
+								 colls[i], (char *) lfirst(lc), i);
+			}
+		}
+		appendStringInfoString(&buf, ")) AS v FROM _stp_b g WHERE ");
+		if (npatterns == 1 << nkeys || mask == 0)
+			append_null_pattern(&buf, keys, ops, colls, mask, false);
+		else
+		{
+			appendStringInfoString(&buf, "(");
+			for (int i = 0; i < nkeys; i++)
+				appendStringInfo(&buf, "%sg.k%d IS NULL", i > 0 ? " OR " : "", i);
+			appendStringInfoString(&buf, ")");
+		}
+	}
+
+	/*
+	 * The chunks: the array of each group the table holds nothing of, and
+	 * the new values of the others.
+	 */
+	appendStringInfo(&buf, "), _stp_i AS (INSERT INTO %s (", table);
+	append_joined(&buf, keys);
+	appendStringInfoString(&buf, ", _stp_values) SELECT ");
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "k%d, ", i);
+	appendStringInfoString(&buf, "vs FROM _stp_b b WHERE NOT EXISTS (SELECT FROM _stp_o o "
+						   "WHERE o.g OPERATOR(pg_catalog.=) b.g) UNION ALL SELECT ");
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&buf, "b.k%d, ", i);
+	appendStringInfoString(&buf, "n.vs FROM _stp_b b JOIN (SELECT p.g, pg_catalog.array_agg(p.v ORDER BY p.v) AS vs "
+						   "FROM (SELECT b.g, pg_catalog.unnest(b.vs) AS v FROM _stp_b b "
+						   "WHERE b.g IN (SELECT o.g FROM _stp_o o)) p WHERE NOT EXISTS (SELECT FROM _stp_o o ");
+	appendStringInfo(&buf, "WHERE o.g OPERATOR(pg_catalog.=) p.g AND o.v %s (p.v%s)) GROUP BY p.g) n "
+					 "ON n.g OPERATOR(pg_catalog.=) b.g RETURNING *)",
+					 ops[nkeys], colls[nkeys]);
+
+	append_distinct_merge(&buf, def, agg, keys, "_stp_i", true);
+	return buf.data;
+}
+
+/*
  * The statement that adds the new distinct values of the job's agg-th
  * aggregate, a count, sum or avg (DISTINCT x), in the batch ($1, $2] of
  * a partition.
@@ -855,10 +1110,6 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	StringInfoData buf;
 	ListCell   *lc;
 	Oid			side = stp_distinct_table(def, agg);
-	const char *col = quote_identifier(list_nth(def->agg_names, agg));
-	StpAggKind	kind = (StpAggKind) list_nth_int(def->agg_kinds, agg);
-	const char *s = quote_identifier(stp_avg_sum_column(list_nth(def->agg_names, agg)));
-	const char *n = quote_identifier(stp_avg_count_column(list_nth(def->agg_names, agg)));
 	const char *arg = list_nth(def->agg_args, agg);
 	char	   *cond = agg < list_length(def->agg_filters) ?
 		list_nth(def->agg_filters, agg) : NULL;
@@ -868,6 +1119,7 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	char	  **colls;
 	const char *table;
 	Relation	rel;
+	bool		chunks;
 
 	if (!OidIsValid(side))
 		ereport(ERROR,
@@ -884,11 +1136,15 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	foreach(lc, def->key_names)
 	{
 		keys = lappend(keys, (char *) quote_identifier(lfirst(lc)));
-		distinct_column_equality(rel, lfirst(lc), &ops[foreach_current_index(lc)],
+		distinct_column_equality(rel, lfirst(lc), false, &ops[foreach_current_index(lc)],
 								 &colls[foreach_current_index(lc)]);
 	}
-	distinct_column_equality(rel, "_stp_value", &ops[nkeys], &colls[nkeys]);
+	chunks = attnameAttNum(rel, "_stp_values", false) != InvalidAttrNumber;
+	distinct_column_equality(rel, chunks ? "_stp_values" : "_stp_value", chunks,
+							 &ops[nkeys], &colls[nkeys]);
 	table_close(rel, AccessShareLock);
+	if (chunks)
+		return distinct_chunks_sql(def, partition, agg, table, keys, ops, colls);
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "WITH _stp_p AS MATERIALIZED (SELECT DISTINCT ");
@@ -950,63 +1206,8 @@ stp_distinct_sql(StpJobDef *def, int32 partition, int agg)
 	append_joined(&buf, keys);
 	appendStringInfoString(&buf, ", _stp_value) SELECT * FROM _stp_n)");
 
-	/* The groups' counts (or sums) grow by their new pairs. */
-	appendStringInfo(&buf, " INSERT INTO %s AS r (", stp_qualified_relname(def->result));
-	append_joined(&buf, keys);
-	if (STP_AGG_IS_AVG(kind))
-		appendStringInfo(&buf, ", %s, %s, %s) SELECT ", col, s, n);
-	else
-		appendStringInfo(&buf, ", %s) SELECT ", col);
-	append_joined(&buf, keys);
-	switch (kind)
-	{
-		case STP_AGG_SUM_DISTINCT:
-			appendStringInfoString(&buf, ", pg_catalog.sum(_stp_value)");
-			break;
-		case STP_AGG_AVG_NUMERIC_DISTINCT:
-			appendStringInfoString(&buf, ", pg_catalog.avg(_stp_value), pg_catalog.sum(_stp_value), pg_catalog.count(*)");
-			break;
-		case STP_AGG_AVG_FLOAT_DISTINCT:
-			appendStringInfoString(&buf, ", pg_catalog.avg(_stp_value::pg_catalog.float8), "
-								   "pg_catalog.sum(_stp_value::pg_catalog.float8), pg_catalog.count(*)");
-			break;
-		default:
-			appendStringInfoString(&buf, ", pg_catalog.count(*)");
-			break;
-	}
-	appendStringInfoString(&buf, " FROM (SELECT * FROM _stp_n UNION ALL SELECT * FROM _stp_z) AS d (");
-	append_joined(&buf, keys);
-	appendStringInfoString(&buf, ", _stp_value) GROUP BY ");
-	append_joined(&buf, keys);
-	appendStringInfoString(&buf, " ON CONFLICT (");
-	append_joined(&buf, keys);
-	appendStringInfoString(&buf, ") DO UPDATE SET ");
-
-	/*
-	 * The group's row exists: the batch statement merged it.  avg is its
-	 * merged sum over its merged count, as in the batch statement.
-	 */
-	switch (kind)
-	{
-		case STP_AGG_SUM_DISTINCT:
-			appendStringInfo(&buf, "%s = ", col);
-			append_sum_merge(&buf, col);
-			break;
-		case STP_AGG_AVG_NUMERIC_DISTINCT:
-		case STP_AGG_AVG_FLOAT_DISTINCT:
-			appendStringInfo(&buf, "%s = (", col);
-			append_sum_merge(&buf, s);
-			appendStringInfo(&buf, kind == STP_AGG_AVG_NUMERIC_DISTINCT ?
-							 ")::pg_catalog.numeric / (r.%s + EXCLUDED.%s)::pg_catalog.numeric, " :
-							 ") / (r.%s + EXCLUDED.%s)::pg_catalog.float8, ", n, n);
-			appendStringInfo(&buf, "%s = ", s);
-			append_sum_merge(&buf, s);
-			appendStringInfo(&buf, ", %s = r.%s + EXCLUDED.%s", n, n, n);
-			break;
-		default:
-			appendStringInfo(&buf, "%s = r.%s + EXCLUDED.%s", col, col, col);
-			break;
-	}
+	append_distinct_merge(&buf, def, agg, keys,
+						  "(SELECT * FROM _stp_n UNION ALL SELECT * FROM _stp_z)", false);
 	return buf.data;
 }
 

@@ -35,6 +35,14 @@ PG_MODULE_MAGIC;
 
 int			stp_launcher_naptime = 5000;
 int			stp_max_retries = 5;
+int			stp_distinct_layout = STP_DISTINCT_LAYOUT_AUTO;
+
+static const struct config_enum_entry distinct_layout_options[] = {
+	{"auto", STP_DISTINCT_LAYOUT_AUTO, false},
+	{"chunks", STP_DISTINCT_LAYOUT_CHUNKS, false},
+	{"pairs", STP_DISTINCT_LAYOUT_PAIRS, false},
+	{NULL, 0, false}
+};
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -254,6 +262,16 @@ _PG_init(void)
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stp.distinct_layout",
+							 "Layout of the distinct tables of the DISTINCT aggregates of jobs created from now on.",
+							 "auto: chunks when a group key is a time bucket (date_bin or date_trunc), else pairs.",
+							 &stp_distinct_layout,
+							 STP_DISTINCT_LAYOUT_AUTO,
+							 distinct_layout_options,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stp");
 

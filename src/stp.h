@@ -142,6 +142,19 @@ extern StpShared *stp_shared;
 /* GUCs (stp.c) */
 extern int	stp_launcher_naptime;
 extern int	stp_max_retries;
+extern int	stp_distinct_layout;
+
+/*
+ * The layout of a new job's distinct tables (stp.distinct_layout): one
+ * row per (group, value), or one row per group and batch holding the
+ * batch's new values as an array (result.c).
+ */
+typedef enum StpDistinctLayout
+{
+	STP_DISTINCT_LAYOUT_AUTO,
+	STP_DISTINCT_LAYOUT_CHUNKS,
+	STP_DISTINCT_LAYOUT_PAIRS
+} StpDistinctLayout;
 
 /* shmem.c */
 extern void stp_shmem_request(void);
