@@ -513,6 +513,11 @@ sub make_jobs
 		  unless $random_gucs;
 		$j->{gucs}{search_path} = '"Oracle Src", public';
 
+		# The layout of the job's distinct tables, if it has DISTINCT
+		# aggregates: 'auto' (chunks for a time bucket key), or forced.
+		# Taken from the job's number, so the random draws stay the same.
+		$j->{gucs}{'stp.distinct_layout'} = ('auto', 'chunks', 'pairs')[ $i % 3 ];
+
 		# The select list in random order, GROUP BY by expression, name or
 		# position.
 		my @items = (
@@ -669,7 +674,8 @@ sub describe_job
 	my $g = $j->{gucs};
 	return "$j->{name}: $j->{source}, $j->{partitions} partition(s), strategy $j->{strategy}, batch_size $j->{batch_size}, "
 	  . "started $j->{start} the writers, TimeZone=$g->{TimeZone} DateStyle='$g->{DateStyle}' "
-	  . "IntervalStyle=$g->{IntervalStyle} extra_float_digits=$g->{extra_float_digits}\n"
+	  . "IntervalStyle=$g->{IntervalStyle} extra_float_digits=$g->{extra_float_digits} "
+	  . "stp.distinct_layout=" . ($g->{'stp.distinct_layout'} // 'auto') . "\n"
 	  . "    $j->{query}";
 }
 

@@ -15,7 +15,9 @@
 #   - a restore without the result table's data.
 # A dump that leaves out the source table cannot restore stp.jobs at all,
 # and pg_restore says so.  A second job, with count(DISTINCT) and
-# sum(DISTINCT), is restored with its distinct tables and stays exact.
+# sum(DISTINCT), is restored with its distinct tables and stays exact; a
+# third keeps its distinct values in the chunk layout (arrays), which a
+# restore keeps.
 
 use strict;
 use warnings;
@@ -28,7 +30,7 @@ use lib $FindBin::Bin;
 use StpTest;
 
 # Two jobs of 2 partitions in each of 7 databases.
-my $node = StpTest::new_node('dump_restore', max_worker_processes => 40);
+my $node = StpTest::new_node('dump_restore', max_worker_processes => 48);
 StpTest::create_events($node);
 $node->safe_psql('postgres', StpTest::insert_sql(0, 1, 5000));
 
@@ -42,6 +44,10 @@ my $dquery = q{SELECT tag, count(DISTINCT v) AS dv, count(DISTINCT k) FILTER (WH
        sum(DISTINCT v) AS sv FROM events GROUP BY tag};
 $node->safe_psql('postgres',
 	"SELECT stp_start_job('jd', \$\$$dquery\$\$, 'rd', partitions => 2, batch_size => 700)");
+my $cquery = q{SELECT tag, k % 3 AS k3, count(DISTINCT v) AS dv, sum(DISTINCT n) AS sn,
+       count(*) AS c FROM events GROUP BY tag, k3};
+$node->safe_psql('postgres',
+	"SET stp.distinct_layout = chunks; SELECT stp_start_job('jc', \$\$$cquery\$\$, 'rc', batch_size => 900)");
 
 # Wait for the count(DISTINCT) job; its view must equal its batch query.
 sub check_distinct
@@ -53,6 +59,18 @@ sub check_distinct
 			"SELECT count(*) FROM ((SELECT * FROM rd EXCEPT ALL ($dquery)) UNION ALL (($dquery) EXCEPT ALL SELECT * FROM rd)) d"),
 		'0',
 		"$label: the count(DISTINCT) job equals its batch query");
+	is($node->safe_psql($db, "SELECT stp_wait('jc', '120 s')"), 't', "$label: the chunk layout job catches up");
+	is( $node->safe_psql(
+			$db,
+			"SELECT count(*) FROM ((SELECT * FROM rc EXCEPT ALL ($cquery)) UNION ALL (($cquery) EXCEPT ALL SELECT * FROM rc)) d"),
+		'0',
+		"$label: the chunk layout job equals its batch query");
+	is( $node->safe_psql(
+			$db,
+			"SELECT string_agg(attname, ',' ORDER BY attname) FROM pg_attribute
+			 WHERE attrelid = 'rc_state_distinct_0'::regclass AND attname LIKE '\\_stp\\_%'"),
+		'_stp_values',
+		"$label: the chunk layout job keeps its arrays");
 }
 
 StpTest::setup_writers($node, prefix => '007', writers => 2, rows_per_tx => 10);
