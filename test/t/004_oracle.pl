@@ -495,6 +495,9 @@ sub make_jobs
 		# Row mode cannot keep DISTINCT aggregates (refused at creation).
 		$j->{strategy} = 'groups'
 		  if $j->{strategy} eq 'rows' && grep { $AGGS[$_][1] =~ /DISTINCT/ } @{ $j->{aggs} };
+		# ... and a query without GROUP BY needs row mode on more than one
+		# partition: with a DISTINCT aggregate it runs on one.
+		$j->{partitions} = 1 if $i == $global && $j->{strategy} eq 'groups';
 		$j->{poll} = pick('10 ms', '50 ms', '100 ms');
 		$j->{start} = $i % 2 ? 'during' : 'before';
 		$j->{result} =
