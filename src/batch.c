@@ -846,7 +846,8 @@ stp_worker_step(bool *stop)
 		 * order, where a merge join would sort them all again and a
 		 * nested loop would compare every pair with every group (its
 		 * plan is made at its first run, with these settings; the
-		 * statement has no other join).
+		 * statement has no other join).  The chunk layout's statement
+		 * (sqlgen.c) has no nested loop either.
 		 */
 		if (stp_worker.distinct_plans != NIL)
 		{

@@ -1067,7 +1067,8 @@ distinct_chunks_sql(StpJobDef *def, int32 partition, int agg, const char *table,
 		appendStringInfo(&buf, "b.k%d, ", i);
 	appendStringInfoString(&buf, "n.vs FROM _stp_b b JOIN (SELECT p.g, pg_catalog.array_agg(p.v ORDER BY p.v) AS vs "
 						   "FROM (SELECT b.g, pg_catalog.unnest(b.vs) AS v FROM _stp_b b "
-						   "WHERE b.g IN (SELECT o.g FROM _stp_o o)) p WHERE NOT EXISTS (SELECT FROM _stp_o o ");
+						   "WHERE EXISTS (SELECT FROM _stp_o o WHERE o.g OPERATOR(pg_catalog.=) b.g)) p "
+						   "WHERE NOT EXISTS (SELECT FROM _stp_o o ");
 	appendStringInfo(&buf, "WHERE o.g OPERATOR(pg_catalog.=) p.g AND o.v %s (p.v%s)) GROUP BY p.g) n "
 					 "ON n.g OPERATOR(pg_catalog.=) b.g RETURNING *)",
 					 ops[nkeys], colls[nkeys]);
