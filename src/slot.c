@@ -879,6 +879,26 @@ flush_inserted_wal(void)
 }
 
 /*
+ * Wait until the decoded transactions from the from-th on have left the
+ * proc array.  Their commit records are decoded, so they have committed;
+ * one that a snapshot taken now does not show as running has left the
+ * proc array already, and most have: the lock table is visited only for
+ * the others, not once per transaction (a step of single-row
+ * transactions decodes thousands).
+ */
+static void
+wait_for_decoded(int from)
+{
+	Snapshot	now = GetLatestSnapshot();
+
+	for (int i = from; i < decoded->nxids; i++)
+	{
+		if (XidInMVCCSnapshot(decoded->xids[i], now))
+			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	}
+}
+
+/*
  * Decode the WAL up to end (with limited, stopping once the step holds
  * batch_size rows), in the step's transaction, restoring its resource
  * owner and memory context.
@@ -1062,8 +1082,7 @@ stp_slot_step(bool *stop)
 		 * must see what this one merged: these transactions leave the
 		 * proc array before the batch commits.
 		 */
-		for (int i = 0; i < decoded->nxids; i++)
-			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+		wait_for_decoded(0);
 	}
 	else
 	{
@@ -1073,8 +1092,8 @@ stp_slot_step(bool *stop)
 		{
 			bool		unseen = false;
 
-			for (; waited < decoded->nxids; waited++)
-				XactLockTableWait(decoded->xids[waited], NULL, NULL, XLTW_None);
+			wait_for_decoded(waited);
+			waited = decoded->nxids;
 			if (snap != NULL)
 				UnregisterSnapshot(snap);
 			snap = RegisterSnapshot(GetTransactionSnapshot());
