@@ -405,7 +405,7 @@ stp_worker_setup(void)
 		SPIPlanPtr	lock_plan;
 		SPIPlanPtr	progress_plan;
 
-		stp_create_partial_aggregates(def);
+		stp_create_combine_aggregates(def);
 		prepare_batch_plan(def);
 		/* A catalog older than 1.2 has no resizes. */
 		lock_plan = SPI_prepare(psprintf(LOCK_SQL, has_cut ? "p.stop_at" : "NULL::pg_catalog.int8"),

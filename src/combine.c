@@ -44,10 +44,10 @@
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
-#include "commands/dbcommands.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -294,7 +294,18 @@ stp_combine_state_call(StpJobDef *def, int agg, const char *arg, const char *fil
 {
 	StpAggKind	kind = (StpAggKind) list_nth_int(def->agg_kinds, agg);
 	Oid			aggfnoid = job_aggregate(def, agg);
+	CombineInfo info;
 
+	/* A final function added or removed since: the state is not the value. */
+	combine_info(aggfnoid, &info);
+	if ((kind == STP_AGG_COMBINE_FINAL) != OidIsValid(info.finalfn))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("aggregate %s of the job %s a final function now",
+						format_procedure(aggfnoid),
+						OidIsValid(info.finalfn) ? "has" : "no longer has"),
+				 errdetail("The aggregate was replaced after the job was created."),
+				 errhint("Drop the job and create it again.")));
 	return psprintf("%s(%s)%s",
 					kind == STP_AGG_COMBINE_FINAL ? partial_name(agg) : function_name(aggfnoid),
 					arg ? arg : "*", filter);
@@ -435,7 +446,7 @@ create_temporary(const char *name, const char *args, Oid sfn, Oid finalfn,
  * Drop the session's temporary aggregates of the job, those that exist.
  */
 void
-stp_drop_partial_aggregates(StpJobDef *def)
+stp_drop_combine_aggregates(StpJobDef *def)
 {
 	Oid			nsp = LookupExplicitNamespace("pg_temp", true);
 	ListCell   *lc;
@@ -469,7 +480,7 @@ stp_drop_partial_aggregates(StpJobDef *def)
  * is checked first, to say so.
  */
 void
-stp_create_partial_aggregates(StpJobDef *def)
+stp_create_combine_aggregates(StpJobDef *def)
 {
 	ListCell   *lc;
 
@@ -484,7 +495,7 @@ stp_create_partial_aggregates(StpJobDef *def)
 				 errdetail("A job merges the states of an aggregate that is not one of stp's own with temporary aggregates in each worker's session."),
 				 errhint("Grant TEMPORARY on the database to the job's owner.")));
 
-	stp_drop_partial_aggregates(def);
+	stp_drop_combine_aggregates(def);
 	foreach(lc, def->agg_kinds)
 	{
 		int			agg = foreach_current_index(lc);

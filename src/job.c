@@ -715,7 +715,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 	 * aggregates of a worker's session (combine.c), made here for as long
 	 * as it takes.
 	 */
-	stp_create_partial_aggregates(&def);
+	stp_create_combine_aggregates(&def);
 	if (shape && shape->global &&
 		SPI_execute(stp_initial_row_sql(&def), false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert the job's group");
@@ -739,7 +739,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 			SPI_freeplan(plan);
 		}
 	}
-	stp_drop_partial_aggregates(&def);
+	stp_drop_combine_aggregates(&def);
 
 	foreach(lc, def.agg_kinds)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));

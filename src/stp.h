@@ -351,8 +351,8 @@ extern char *stp_combine_state_call(StpJobDef *def, int agg, const char *arg,
 									const char *filter);
 extern char *stp_combine_final(StpJobDef *def, int agg, const char *states);
 extern char *stp_combine_merge(StpJobDef *def, int agg, const char *states);
-extern void stp_create_partial_aggregates(StpJobDef *def);
-extern void stp_drop_partial_aggregates(StpJobDef *def);
+extern void stp_create_combine_aggregates(StpJobDef *def);
+extern void stp_drop_combine_aggregates(StpJobDef *def);
 
 /* hop.c */
 extern void stp_hop_check(Interval *size, Interval *slide, int64 *size_usecs,
