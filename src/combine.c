@@ -331,6 +331,21 @@ fold_states(StpJobDef *def, int agg, const char *what, const char *states)
 }
 
 /*
+ * The value and the merged state of the job's agg-th aggregate (a
+ * COMBINE_FINAL one) over the state expressions states, as one subquery
+ * of two columns, for "SET (value, state) = ...": one scan of the states
+ * for both costs less than two subqueries (merging 1M groups per batch,
+ * each subquery is most of the merge's time).
+ */
+char *
+stp_combine_final_and_merge(StpJobDef *def, int agg, const char *states)
+{
+	(void) job_aggregate(def, agg);
+	return psprintf("(SELECT pg_temp.stp_final_%d(_stp_v), pg_temp.stp_merge_%d(_stp_v) "
+					"FROM (VALUES %s) _stp_t(_stp_v))", agg, agg, states);
+}
+
+/*
  * The value of the job's agg-th aggregate (a COMBINE_FINAL one) over the
  * state expressions states, as PostgreSQL's finalize step computes it
  * from partial states: the combine function folds them into the initial

@@ -668,7 +668,8 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 		const char *col = quote_identifier(lfirst(lc));
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
 
-		appendStringInfo(&buf, "%s = ", col);
+		if (kind != STP_AGG_COMBINE_FINAL)
+			appendStringInfo(&buf, "%s = ", col);
 		switch (kind)
 		{
 			case STP_AGG_COUNT:
@@ -765,11 +766,10 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 			case STP_AGG_COMBINE_FINAL:
 				{
 					const char *st = quote_identifier(stp_variance_state_column(lfirst(lc)));
-					char	   *states = psprintf("(r.%s), (EXCLUDED.%s)", st, st);
 
-					appendStringInfo(&buf, "%s, %s = %s",
-									 stp_combine_final(def, foreach_current_index(lc), states),
-									 st, stp_combine_merge(def, foreach_current_index(lc), states));
+					appendStringInfo(&buf, "(%s, %s) = %s", col, st,
+									 stp_combine_final_and_merge(def, foreach_current_index(lc),
+																 psprintf("(r.%s), (EXCLUDED.%s)", st, st)));
 				}
 				break;
 		}

@@ -351,6 +351,7 @@ extern char *stp_combine_state_call(StpJobDef *def, int agg, const char *arg,
 									const char *filter);
 extern char *stp_combine_final(StpJobDef *def, int agg, const char *states);
 extern char *stp_combine_merge(StpJobDef *def, int agg, const char *states);
+extern char *stp_combine_final_and_merge(StpJobDef *def, int agg, const char *states);
 extern void stp_create_combine_aggregates(StpJobDef *def);
 extern void stp_drop_combine_aggregates(StpJobDef *def);
 
