@@ -233,6 +233,17 @@ RESET ROLE;
 SELECT stp_wait('cmb_owned', '60 s');
 SELECT stp_test_diff('cmb_owned', 'grp, a, s', 'SELECT grp, cmb_avg(x), cmb_sum(x) FROM cmb GROUP BY grp') AS mismatches;
 SELECT DISTINCT usename FROM pg_stat_activity WHERE backend_type = 'stp worker' AND usename = 'regress_stp_cmb';
+-- A worker whose owner lost TEMPORARY fails its partition with the reason;
+-- with it back, the resumed job catches up.
+SELECT stp_stop_job('cmb_owned');
+SELECT format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()) \gexec
+SELECT cmb_fill(100);
+SELECT stp_resume_job('cmb_owned');
+SELECT * FROM stp_test_failed('cmb_owned');
+SELECT format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database()) \gexec
+SELECT stp_resume_job('cmb_owned');
+SELECT stp_wait('cmb_owned', '60 s');
+SELECT stp_test_diff('cmb_owned', 'grp, a, s', 'SELECT grp, cmb_avg(x), cmb_sum(x) FROM cmb GROUP BY grp') AS mismatches;
 
 SELECT stp_drop_job(job_name, true) FROM stp.jobs WHERE job_name LIKE 'cmb%' ORDER BY job_name;
 DROP TABLE cmb_ts;
