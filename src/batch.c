@@ -207,7 +207,7 @@ check_job_relations(void)
 			check_result_column(stp_avg_count_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
 		}
-		if (STP_AGG_IS_VARIANCE(kind))
+		if (STP_AGG_KEEPS_STATE(kind))
 			check_result_column(stp_variance_state_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
 	}
@@ -415,6 +415,7 @@ stp_worker_setup(void)
 		SPIPlanPtr	lock_plan;
 		SPIPlanPtr	progress_plan;
 
+		stp_create_combine_aggregates(def);
 		prepare_batch_plan(def);
 		/* A catalog older than 1.2 has no resizes. */
 		lock_plan = SPI_prepare(psprintf(LOCK_SQL, has_cut ? "p.stop_at" : "NULL::pg_catalog.int8"),

@@ -1371,6 +1371,13 @@ stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("a job with source 'slot' cannot keep hll or tdigest sketches"),
 					 errhint("Use a job with source 'table'.")));
+		if (STP_AGG_IS_COMBINE(kind))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job with source 'slot' supports only stp's own aggregates"),
+					 errdetail("Column \"%s\" uses an aggregate that stp merges with its combine function.",
+							   (char *) list_nth(def->agg_names, foreach_current_index(lc))),
+					 errhint("Use a job with source 'table', or one of count, sum, min, max, avg, bool_and, bool_or, bit_and, bit_or and the variance family over floats.")));
 	}
 	if (get_rel_relkind(source) == RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
