@@ -215,3 +215,12 @@ AS 'MODULE_PATHNAME', 'stp_start_job'
 LANGUAGE C VOLATILE;
 
 -- ==== end of row mode ====
+
+-- ==== combinable aggregates (issue 10) ====
+
+-- For each aggregate of agg_names: the aggregate that stp merges with its
+-- combine function (agg_kinds 'combine' or 'combine_final'), or NULL for
+-- stp's own kinds.  A regprocedure, which pg_dump writes by name.
+ALTER TABLE stp.jobs ADD COLUMN agg_functions regprocedure[];
+
+-- ==== end of combinable aggregates ====

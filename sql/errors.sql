@@ -67,7 +67,7 @@ SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, count(*) AS
 -- Unsupported aggregates and output columns
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, string_agg(t, '','') AS s FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, max(DISTINCT v) AS n FROM src GROUP BY k', 'r')$q$);
-SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, avg(iv) AS a FROM src GROUP BY k', 'r')$q$);
+SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, array_agg(iv) AS a FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k, sum(t) AS s FROM src GROUP BY k', 'r')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT count(*) AS n FROM src', 'r', partitions => 2, strategy => 'groups')$q$);
 SELECT * FROM stp_test_error($q$SELECT stp_start_job('j', 'SELECT k FROM src', 'r')$q$);

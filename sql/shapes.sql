@@ -186,7 +186,7 @@ SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT x FROM shp', 'bad
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, max(DISTINCT x) AS n FROM shp GROUP BY grp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, stddev(x) AS sd FROM shp GROUP BY grp', 'bad')$q$);
 SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, variance(y) AS v FROM shp GROUP BY grp', 'bad')$q$);
-SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, bit_xor(bits) AS x FROM shp GROUP BY grp', 'bad')$q$);
+SELECT * FROM shp_error($q$SELECT stp_start_job('bad', 'SELECT grp, array_agg(bits) AS x FROM shp GROUP BY grp', 'bad')$q$);
 \x off
 
 -- The view only presents the state: dropping it leaves the job running;

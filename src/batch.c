@@ -95,6 +95,12 @@ static int64 cut_at = 0;
 static bool cut_check = false;
 
 /*
+ * The memory of the loaded job's definition (stp_worker.def): deleted
+ * when the worker forgets the job to load it again after stp_alter_job.
+ */
+static MemoryContext def_ctx = NULL;
+
+/*
  * Wait until every transaction that now holds a lock on relid that
  * conflicts with ShareLock has ended: for the source, its writers; for the
  * sequence, every transaction that drew a value from it.  VACUUM's lock
@@ -201,7 +207,7 @@ check_job_relations(void)
 			check_result_column(stp_avg_count_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
 		}
-		if (STP_AGG_IS_VARIANCE(kind))
+		if (STP_AGG_KEEPS_STATE(kind))
 			check_result_column(stp_variance_state_column(lfirst(lc)),
 								TupleDescAttr(desc, col++));
 	}
@@ -367,7 +373,11 @@ stp_worker_setup(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	has_cut = stp_catalog_has_column("partitions", "stop_at");
 
-	def = stp_load_job(stp_worker.args.job_id, &state, TopMemoryContext);
+	if (def_ctx != NULL)
+		MemoryContextDelete(def_ctx);
+	def_ctx = AllocSetContextCreate(TopMemoryContext, "stp job definition",
+									ALLOCSET_SMALL_SIZES);
+	def = stp_load_job(stp_worker.args.job_id, &state, def_ctx);
 	if (def == NULL || strcmp(state, "running") != 0)
 		ok = false;
 	else
@@ -405,6 +415,7 @@ stp_worker_setup(void)
 		SPIPlanPtr	lock_plan;
 		SPIPlanPtr	progress_plan;
 
+		stp_create_combine_aggregates(def);
 		prepare_batch_plan(def);
 		/* A catalog older than 1.2 has no resizes. */
 		lock_plan = SPI_prepare(psprintf(LOCK_SQL, has_cut ? "p.stop_at" : "NULL::pg_catalog.int8"),
@@ -483,6 +494,9 @@ forget_job(void)
 	stp_worker.lock_plan = NULL;
 	stp_worker.progress_plan = NULL;
 	stp_worker.def = NULL;
+	if (def_ctx != NULL)
+		MemoryContextDelete(def_ctx);
+	def_ctx = NULL;
 	stp_worker.recheck = true;
 	cut_known = false;
 	cut_check = false;

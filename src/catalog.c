@@ -399,17 +399,18 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	bool		has_origin = stp_catalog_has_column("jobs", "origin");
 	bool		has_leaves = stp_catalog_has_column("jobs", "leaves");
 	bool		has_source_kind = stp_catalog_has_column("jobs", "source_kind");
+	bool		has_functions = stp_catalog_has_column("jobs", "agg_functions");
 
 	/*
 	 * A catalog of version 1.0 has no settings, agg_filters or origin
-	 * column yet, and one before 1.2 no strategy.
+	 * column yet, and one before 1.2 no strategy or agg_functions.
 	 */
 	sql = psprintf("SELECT job_name, owner::pg_catalog.oid, source::pg_catalog.oid, "
 				   "order_column::pg_catalog.text, sequence::pg_catalog.oid, "
 				   "result_table::pg_catalog.oid, partitions, batch_size, "
 				   "(pg_catalog.date_part('epoch', poll_interval) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 				   "timezone, key_names, key_exprs, agg_names, agg_kinds, agg_args, "
-				   "where_clause, state, %s, %s, %s, %s, %s, %s, %s FROM stp.jobs "
+				   "where_clause, state, %s, %s, %s, %s, %s, %s, %s, %s FROM stp.jobs "
 				   "WHERE job_id OPERATOR(pg_catalog.=) $1",
 				   stp_catalog_has_column("jobs", "settings") ?
 				   "settings" : "'{}'::pg_catalog.text[]",
@@ -421,7 +422,9 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 				   has_source_kind ?
 				   "source_kind OPERATOR(pg_catalog.=) 'slot'" : "false",
 				   stp_catalog_has_column("jobs", "strategy") ?
-				   "strategy" : "'groups'::pg_catalog.text");
+				   "strategy" : "'groups'::pg_catalog.text",
+				   has_functions ?
+				   "agg_functions::pg_catalog.oid[]" : "NULL::pg_catalog.oid[]");
 	ret = stp_catalog_exec(sql, 1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read stp.jobs: %s", SPI_result_code_string(ret));
@@ -491,6 +494,24 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	/* Jobs of a catalog before 1.2 own groups. */
 	d = SPI_getbinval(tup, desc, 24, &isnull);
 	def->rows_mode = !isnull && strcmp(TextDatumGetCString(d), "rows") == 0;
+
+	/* Jobs of a catalog before 1.2 have no combinable aggregates. */
+	d = SPI_getbinval(tup, desc, 25, &isnull);
+	def->agg_functions = NIL;
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *enulls;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true,
+						  TYPALIGN_INT, &elems, &enulls, &n);
+		for (int i = 0; i < n; i++)
+			def->agg_functions = lappend_oid(def->agg_functions,
+											 enulls[i] ? InvalidOid : DatumGetObjectId(elems[i]));
+	}
+	while (list_length(def->agg_functions) < list_length(def->agg_names))
+		def->agg_functions = lappend_oid(def->agg_functions, InvalidOid);
 
 	def->agg_kinds = NIL;
 	foreach(lc, kinds)

@@ -341,6 +341,47 @@ record_leaves(int32 job_id, List *leaves)
 }
 
 /*
+ * Record the combinable aggregates of a job (combine.c), NULL for the
+ * others, if it has any.  A catalog before 1.2 cannot keep them.
+ */
+static void
+record_agg_functions(int32 job_id, List *functions)
+{
+	Oid			types[2] = {INT4OID, OIDARRAYOID};
+	Datum		values[2];
+	Datum	   *elems = palloc(sizeof(Datum) * (list_length(functions) + 1));
+	bool	   *nulls = palloc(sizeof(bool) * (list_length(functions) + 1));
+	int			dims[1] = {list_length(functions)};
+	int			lbs[1] = {1};
+	bool		any = false;
+	ListCell   *lc;
+
+	foreach(lc, functions)
+	{
+		int			i = foreach_current_index(lc);
+
+		nulls[i] = !OidIsValid(lfirst_oid(lc));
+		elems[i] = ObjectIdGetDatum(lfirst_oid(lc));
+		any |= !nulls[i];
+	}
+	if (!any)
+		return;
+	if (!stp_catalog_has_column("jobs", "agg_functions"))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the stp extension in this database is older than 1.2, which cannot keep this job's aggregates"),
+				 errdetail("Aggregates that stp merges with their combine function need version 1.2."),
+				 errhint("Run ALTER EXTENSION stp UPDATE.")));
+	values[0] = Int32GetDatum(job_id);
+	values[1] = PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, OIDOID,
+												   sizeof(Oid), true, TYPALIGN_INT));
+	if (stp_catalog_exec("UPDATE stp.jobs SET agg_functions = $2::pg_catalog.regprocedure[] "
+						 "WHERE job_id OPERATOR(pg_catalog.=) $1",
+						 2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the job's aggregates");
+}
+
+/*
  * Does the job have a DISTINCT aggregate?  Its distinct tables are
  * filled per group by one partition, so only the groups strategy keeps it.
  */
@@ -669,6 +710,13 @@ stp_start_job(PG_FUNCTION_ARGS)
 											   STP_RESULT_FILLFACTOR);
 	}
 	def.result = result_relid;
+
+	/*
+	 * The initial row and the batch statement call the temporary
+	 * aggregates of a worker's session (combine.c), made here for as long
+	 * as it takes.
+	 */
+	stp_create_combine_aggregates(&def);
 	if (shape && shape->global &&
 		SPI_execute(stp_initial_row_sql(&def), false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert the job's group");
@@ -692,6 +740,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 			SPI_freeplan(plan);
 		}
 	}
+	stp_drop_combine_aggregates(&def);
 
 	foreach(lc, def.agg_kinds)
 		kinds = lappend(kinds, stp_agg_kind_name((StpAggKind) lfirst_int(lc)));
@@ -804,6 +853,7 @@ stp_start_job(PG_FUNCTION_ARGS)
 							 "WHERE job_id OPERATOR(pg_catalog.=) $1",
 							 1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not record the job's source");
+		record_agg_functions(job_id, def.agg_functions);
 	}
 
 	AtEOXact_GUC(true, save_nestlevel);

@@ -186,7 +186,8 @@ classify_aggregate(Aggref *agg, const char *colname)
 	ReleaseSysCache(tup);
 
 	if (agg->aggkind != AGGKIND_NORMAL || agg->aggorder)
-		refuse("ordered-set aggregates and aggregates with ORDER BY", NULL);
+		refuse("ordered-set aggregates and aggregates with ORDER BY",
+			   "Ordered-set and hypothetical-set aggregates such as percentile_cont need every value of a group; tdigest(x, compression) from the tdigest extension keeps mergeable percentiles.");
 
 	if (agg->args)
 		argtype = exprType((Node *) linitial_node(TargetEntry, agg->args)->expr);
@@ -250,11 +251,8 @@ classify_aggregate(Aggref *agg, const char *colname)
 				case FLOAT8OID:
 					return STP_AGG_AVG_FLOAT;
 				default:
-					ereport(ERROR,
-							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-							 errmsg("avg(%s) is not supported in a job's query",
-									format_type_be(argtype)),
-							 errhint("avg is supported over smallint, integer, bigint, numeric, real and double precision.")));
+					/* avg(interval) has a combinable interval[] state. */
+					return stp_combine_kind(agg, fname, colname);
 			}
 		}
 	}
@@ -291,11 +289,7 @@ classify_aggregate(Aggref *agg, const char *colname)
 			return variance_aggregates[i].kind;
 		}
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("aggregate %s() in output column \"%s\" is not supported", fname, colname),
-			 errhint("The supported aggregates are count(*), count(x), count, sum and avg with DISTINCT, sum, min, max, avg, bool_and, bool_or, every, bit_and, bit_or, and over floats stddev, stddev_pop, stddev_samp, variance, var_pop and var_samp.")));
-	return STP_AGG_COUNT;		/* keep compiler quiet */
+	return stp_combine_kind(agg, fname, colname);
 }
 
 /*
@@ -474,6 +468,33 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 										 INT8OID, -1, InvalidOid));
 		}
 	}
+	if (STP_AGG_IS_COMBINE(kind))
+	{
+		arg = stp_combine_args(agg, dpcontext);
+		if (kind == STP_AGG_COMBINE_FINAL)
+		{
+			Oid			transtype = stp_combine_transtype(agg->aggfnoid);
+
+			if (strlen(stp_variance_state_column(name)) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("name of aggregate column \"%s\" is too long", name),
+						 errdetail("stp keeps the aggregate's state in a column named \"_stp_<name>_state\", which must fit in %d bytes.",
+								   NAMEDATALEN - 1),
+						 errhint("Give the column a name of at most %d bytes.",
+								 (int) (NAMEDATALEN - 1 - strlen("_stp__state")))));
+
+			/*
+			 * The state has the collation that the partial aggregate's
+			 * value gets: its arguments' common one, else the type's.
+			 */
+			*state = lappend(*state,
+							 make_column(stp_variance_state_column(name), transtype, -1,
+										 !type_is_collatable(transtype) ? InvalidOid :
+										 OidIsValid(agg->inputcollid) ? agg->inputcollid :
+										 get_typcollation(transtype)));
+		}
+	}
 	if (STP_AGG_IS_SKETCH(kind))
 	{
 		/* A sketch's batch aggregate is the query's own call. */
@@ -485,6 +506,8 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 	*aggs = lappend(*aggs, make_column(name, agg->aggtype, -1, agg->aggcollid));
 	def->agg_names = lappend(def->agg_names, pstrdup(name));
 	def->agg_kinds = lappend_int(def->agg_kinds, kind);
+	def->agg_functions = lappend_oid(def->agg_functions,
+									 STP_AGG_IS_COMBINE(kind) ? agg->aggfnoid : InvalidOid);
 	def->agg_args = lappend(def->agg_args, arg);
 	def->agg_filters = lappend(def->agg_filters, agg->aggfilter ?
 							   deparse_expression((Node *) agg->aggfilter,
@@ -788,6 +811,13 @@ analyze_shaped(Query *q, Oid rte_relid, StpJobDef *def, List **keys,
 
 		add_aggregate(def, aggs, state, name, lfirst_node(Aggref, lc), dpcontext);
 		shape->agg_columns = lappend(shape->agg_columns, name);
+		if (hop && STP_AGG_IS_COMBINE(llast_int(def->agg_kinds)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("aggregate %s() is not supported with stp.hop() in a job's query",
+							get_func_name(lfirst_node(Aggref, lc)->aggfnoid)),
+					 errdetail("A window would be combined from its panes' states, which needs an aggregate over the states that stp does not create."),
+					 errhint("Use a tumbling window, GROUP BY date_bin(...), for this aggregate, or one of the aggregates that stp combines itself, such as sum, count, min, max or avg.")));
 		if (hop && STP_AGG_IS_DISTINCT(llast_int(def->agg_kinds)))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -906,6 +936,7 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 	def->key_names = def->key_exprs = NIL;
 	def->agg_names = def->agg_kinds = def->agg_args = def->agg_filters = NIL;
+	def->agg_functions = NIL;
 	if (hop == NULL && is_plain(q))
 	{
 		analyze_plain(q, def, &keys, &aggs, &state, dpcontext);

@@ -194,6 +194,8 @@ combine_panes(StpAggKind kind, Oid state_relid, const char *col)
 		case STP_AGG_SUM_DISTINCT:
 		case STP_AGG_AVG_NUMERIC_DISTINCT:
 		case STP_AGG_AVG_FLOAT_DISTINCT:
+		case STP_AGG_COMBINE:	/* refused with stp.hop() (query.c) */
+		case STP_AGG_COMBINE_FINAL:
 			break;
 	}
 	elog(ERROR, "aggregate kind %d cannot be combined from panes", (int) kind);

@@ -20,10 +20,11 @@
  * transaction reaches them at COMMIT PREPARED.  A transaction larger than
  * logical_decoding_work_mem is spilled to disk by the reorder buffer.
  *
- * Before it decodes, a step flushes the WAL up to the insert position, so
- * that transactions that committed asynchronously are decoded at once
- * rather than when the walwriter flushes them; decoding reads flushed WAL
- * only.
+ * A step decodes the WAL up to what is written to the WAL files, flushed
+ * or not (read_written_wal_page says why that is safe), and first gets
+ * the WAL up to the insert position written unless another process is
+ * writing it, so that transactions that committed asynchronously are
+ * decoded at once rather than when the walwriter writes them.
  *
  * After the loop, a batch whose decoded rows are all new rows (INSERTs,
  * and new rows of UPDATEs whose old row belongs to another partition) is
@@ -156,6 +157,13 @@ typedef struct StpDecoded
 } StpDecoded;
 
 static StpDecoded *decoded = NULL;
+
+/*
+ * The position the slot may be confirmed up to once the WAL is flushed up
+ * to confirm_commit_end (the commit of the batch that stored it).
+ */
+static XLogRecPtr confirm_upto = InvalidXLogRecPtr;
+static XLogRecPtr confirm_commit_end = InvalidXLogRecPtr;
 
 /* While a step starts decoding (see quiet_decoding_hook). */
 static bool quiet_decoding = false;
@@ -641,6 +649,51 @@ stp_slot_abort(void)
 }
 
 /*
+ * Read a page of the local WAL for decoding, up to what has been written
+ * to the WAL files, flushed or not (read_local_xlog_page stops at what is
+ * flushed).  That is safe for a job: what a batch decoded reaches nothing
+ * but the batch's own transaction, whose commit record lies after it in
+ * the WAL, and recovery replays a prefix of the WAL, so a crash that loses
+ * a decoded transaction loses the batch too.  The slot is confirmed only
+ * once the batch's commit is flushed (confirm_durable).  A record that
+ * runs past the written position is flushed first: the worker never waits
+ * for the walwriter.
+ */
+static int
+read_written_wal_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
+					  int reqLen, XLogRecPtr targetRecPtr, char *cur_page)
+{
+	XLogRecPtr	loc = targetPagePtr + reqLen;
+	XLogRecPtr	written = GetXLogWriteRecPtr();
+	TimeLineID	tli = GetWALInsertionTimeLine();
+	WALReadError errinfo;
+	int			count;
+
+	while (loc > written)
+	{
+		XLogFlush(Min(loc, GetXLogInsertRecPtr()));
+		written = GetXLogWriteRecPtr();
+		if (loc > written)
+		{
+			/* Not inserted completely yet (as read_local_xlog_page waits). */
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(1000L);
+			written = GetXLogWriteRecPtr();
+		}
+	}
+	XLogReadDetermineTimeline(state, targetPagePtr, reqLen, tli);
+	if (targetPagePtr + XLOG_BLCKSZ <= written)
+		count = XLOG_BLCKSZ;
+	else
+		count = written - targetPagePtr;
+
+	/* The rest of an incomplete page is zeroes; the count says what is valid. */
+	if (!WALRead(state, cur_page, targetPagePtr, XLOG_BLCKSZ, tli, &errinfo))
+		WALReadRaiseError(&errinfo);
+	return count;
+}
+
+/*
  * The routines with which a partition worker reads the local WAL.
  */
 static XLogReaderRoutine *
@@ -648,7 +701,7 @@ local_wal_routine(void)
 {
 	static XLogReaderRoutine routine;
 
-	routine.page_read = read_local_xlog_page;
+	routine.page_read = read_written_wal_page;
 	routine.segment_open = wal_segment_open;
 	routine.segment_close = wal_segment_close;
 	return &routine;
@@ -784,8 +837,14 @@ create_slot(const char *name, bool *stop)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller_ctx);
 
+	/*
+	 * The slot becomes persistent at the built groups' position: their
+	 * commit must not be lost behind it.
+	 */
+	XLogFlush(XactLastCommitEnd);
 	ReplicationSlotPersist();
 	FreeDecodingContext(ctx);
+	confirm_upto = InvalidXLogRecPtr;
 	ReplicationSlotRelease();
 	stp_worker.offset = start;
 	ereport(LOG,
@@ -863,19 +922,71 @@ slot_active(const char *name)
 }
 
 /*
- * Flush the WAL up to the current insert position if part of it is not
- * flushed yet, so that a step decodes every transaction that has
- * committed, including those that committed asynchronously.  The flush is
- * one XLogFlush per step, which a synchronous commit pays anyway; it only
- * makes those transactions durable sooner.
+ * Get the WAL up to the current insert position written, if part of it is
+ * not, so that a step decodes every transaction that has committed,
+ * including those that committed asynchronously, which the walwriter
+ * writes only every wal_writer_delay.  When another process holds
+ * WALWriteLock it is writing the WAL already, and the worker does not
+ * queue behind its flush: the step decodes what is written, and the next
+ * step the rest.
  */
 static void
-flush_inserted_wal(void)
+write_inserted_wal(void)
 {
 	XLogRecPtr	insert = GetXLogInsertRecPtr();
 
-	if (insert > GetFlushRecPtr(NULL))
+	if (insert > GetXLogWriteRecPtr() &&
+		LWLockConditionalAcquire(WALWriteLock, LW_SHARED))
+	{
+		LWLockRelease(WALWriteLock);
 		XLogFlush(insert);
+	}
+}
+
+/*
+ * Confirm the slot up to the position of the last batch that committed,
+ * once that commit is flushed: the worker commits asynchronously, and a
+ * slot confirmed past a commit that a crash then loses would skip the
+ * batch's transactions for good.  Until then the slot keeps them, and
+ * after a crash the stored position says which to skip.  A worker that
+ * has caught up (flush) flushes the commit itself, so that stp_wait, which
+ * waits for the slot's confirmed position, returns without waiting for
+ * the walwriter.
+ */
+static void
+confirm_durable(bool flush)
+{
+	if (XLogRecPtrIsInvalid(confirm_upto))
+		return;
+	if (GetFlushRecPtr(NULL) < confirm_commit_end)
+	{
+		if (!flush)
+			return;
+		XLogFlush(confirm_commit_end);
+	}
+	if (confirm_upto > MyReplicationSlot->data.confirmed_flush)
+		LogicalConfirmReceivedLocation(confirm_upto);
+	confirm_upto = InvalidXLogRecPtr;
+}
+
+/*
+ * Wait until the decoded transactions from the from-th on have left the
+ * proc array.  Their commit records are decoded, so they have committed;
+ * one that a snapshot taken now does not show as running has left the
+ * proc array already, and most have: the lock table is visited only for
+ * the others, not once per transaction (a step of single-row
+ * transactions decodes thousands).
+ */
+static void
+wait_for_decoded(int from)
+{
+	Snapshot	now = GetLatestSnapshot();
+
+	for (int i = from; i < decoded->nxids; i++)
+	{
+		if (XidInMVCCSnapshot(decoded->xids[i], now))
+			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+	}
 }
 
 /*
@@ -984,16 +1095,16 @@ stp_slot_step(bool *stop)
 	 * written before the types were read, so a row of the types before an
 	 * ALTER is told from a row of the types after it.
 	 *
-	 * Decoding may read only flushed WAL (what a crash could lose must not
-	 * reach the result).  A transaction that committed with
-	 * synchronous_commit = off is flushed by the walwriter up to
-	 * wal_writer_delay (200 ms by default) later, and would wait that long
-	 * for its group: the worker flushes the WAL up to the insert position
-	 * itself, at most once per step and only when some of it is not
-	 * flushed yet.
+	 * Decoding reads the WAL up to what is written (read_written_wal_page).
+	 * A transaction that committed with synchronous_commit = off is written
+	 * by the walwriter up to wal_writer_delay (200 ms by default) later,
+	 * and would wait that long for its group: the worker gets the WAL up to
+	 * the insert position written itself, unless another process is
+	 * writing it already (write_inserted_wal).
 	 */
-	flush_inserted_wal();
-	end = GetFlushRecPtr(NULL);
+	write_inserted_wal();
+	confirm_durable(false);
+	end = GetXLogWriteRecPtr();
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
 
@@ -1028,8 +1139,9 @@ stp_slot_step(bool *stop)
 		 */
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(caller_ctx);
-		if (upto > MyReplicationSlot->data.confirmed_flush)
-			LogicalConfirmReceivedLocation(upto);
+		if (upto > confirm_upto)
+			confirm_upto = upto;
+		confirm_durable(true);
 		decoded_reset();
 		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -1062,8 +1174,7 @@ stp_slot_step(bool *stop)
 		 * must see what this one merged: these transactions leave the
 		 * proc array before the batch commits.
 		 */
-		for (int i = 0; i < decoded->nxids; i++)
-			XactLockTableWait(decoded->xids[i], NULL, NULL, XLTW_None);
+		wait_for_decoded(0);
 	}
 	else
 	{
@@ -1073,8 +1184,8 @@ stp_slot_step(bool *stop)
 		{
 			bool		unseen = false;
 
-			for (; waited < decoded->nxids; waited++)
-				XactLockTableWait(decoded->xids[waited], NULL, NULL, XLTW_None);
+			wait_for_decoded(waited);
+			waited = decoded->nxids;
 			if (snap != NULL)
 				UnregisterSnapshot(snap);
 			snap = RegisterSnapshot(GetTransactionSnapshot());
@@ -1154,8 +1265,10 @@ stp_slot_step(bool *stop)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller_ctx);
 
-	/* Only now may the slot forget what the batch applied. */
-	LogicalConfirmReceivedLocation(upto);
+	/* Only once this commit is flushed may the slot forget the batch. */
+	confirm_upto = upto;
+	confirm_commit_end = XactLastCommitEnd;
+	confirm_durable(false);
 	decoded_reset();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1258,6 +1371,13 @@ stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("a job with source 'slot' cannot keep hll or tdigest sketches"),
 					 errhint("Use a job with source 'table'.")));
+		if (STP_AGG_IS_COMBINE(kind))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a job with source 'slot' supports only stp's own aggregates"),
+					 errdetail("Column \"%s\" uses an aggregate that stp merges with its combine function.",
+							   (char *) list_nth(def->agg_names, foreach_current_index(lc))),
+					 errhint("Use a job with source 'table', or one of count, sum, min, max, avg, bool_and, bool_or, bit_and, bit_or and the variance family over floats.")));
 	}
 	if (get_rel_relkind(source) == RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,

@@ -60,7 +60,7 @@ static const char *const agg_kind_names[] = {
 	"bool_and", "bool_or", "bit_and", "bit_or",
 	"var_samp", "var_pop", "stddev_samp", "stddev_pop", "count_distinct",
 	"sum_distinct", "avg_numeric_distinct", "avg_float_distinct",
-	"hll", "tdigest"
+	"hll", "tdigest", "combine", "combine_final"
 };
 
 /*
@@ -462,9 +462,26 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 								 "stp.float8_accum_state((%s)::pg_catalog.float8)%s",
 								 variance_final_function(kind), arg, f, i, arg, f);
 				break;
+
+				/*
+				 * A combinable aggregate's partial state (combine.c), and
+				 * its final function of it: identical aggregate calls are
+				 * computed once.
+				 */
+			case STP_AGG_COMBINE:
+				appendStringInfoString(&buf, stp_combine_state_call(def, i, arg, f));
+				break;
+			case STP_AGG_COMBINE_FINAL:
+				{
+					char	   *st = stp_combine_state_call(def, i, arg, f);
+
+					appendStringInfo(&buf, "%s AS a%d, %s",
+									 stp_combine_final(def, i, psprintf("(%s)", st)), i, st);
+				}
+				break;
 		}
 		appendStringInfo(&buf, " AS %c%d, ",
-						 is_avg(kind) ? 'n' : STP_AGG_IS_VARIANCE(kind) ? 'v' : 'a', i);
+						 is_avg(kind) ? 'n' : STP_AGG_KEEPS_STATE(kind) ? 'v' : 'a', i);
 		i++;
 	}
 	if (count_star_position(def) < 0)
@@ -507,16 +524,32 @@ stp_initial_row_sql(StpJobDef *def)
 		else if (STP_AGG_IS_VARIANCE(kind))
 			appendStringInfo(&buf, ", %s",
 							 quote_identifier(stp_variance_state_column(lfirst(lc))));
+		else if (kind == STP_AGG_COMBINE)
+			appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
+		else if (kind == STP_AGG_COMBINE_FINAL)
+			appendStringInfo(&buf, ", %s, %s", quote_identifier(lfirst(lc)),
+							 quote_identifier(stp_variance_state_column(lfirst(lc))));
 	}
 	appendStringInfoString(&buf, ") VALUES (true");
 	foreach(lc, def->agg_kinds)
 	{
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc);
+		int			agg = foreach_current_index(lc);
 
 		if (kind == STP_AGG_COUNT || kind == STP_AGG_COUNT_DISTINCT || is_avg(kind))
 			appendStringInfoString(&buf, ", 0");
 		else if (STP_AGG_IS_VARIANCE(kind))
 			appendStringInfoString(&buf, ", '{0,0,0}'");
+
+		/*
+		 * A combinable aggregate over no rows: its initial condition, and
+		 * the final function of it, as PostgreSQL computes it.
+		 */
+		else if (kind == STP_AGG_COMBINE)
+			appendStringInfo(&buf, ", %s", stp_combine_merge(def, agg, ""));
+		else if (kind == STP_AGG_COMBINE_FINAL)
+			appendStringInfo(&buf, ", %s, %s", stp_combine_final(def, agg, ""),
+							 stp_combine_merge(def, agg, ""));
 	}
 	appendStringInfoChar(&buf, ')');
 	return buf.data;
@@ -605,7 +638,7 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 				vals = lappend(vals, psprintf("s%d", i));
 				vals = lappend(vals, psprintf("n%d", i));
 			}
-			if (STP_AGG_IS_VARIANCE((StpAggKind) lfirst_int(lc2)))
+			if (STP_AGG_KEEPS_STATE((StpAggKind) lfirst_int(lc2)))
 			{
 				cols = lappend(cols, (char *) quote_identifier(stp_variance_state_column(lfirst(lc))));
 				vals = lappend(vals, psprintf("v%d", i));
@@ -635,7 +668,8 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 		const char *col = quote_identifier(lfirst(lc));
 		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
 
-		appendStringInfo(&buf, "%s = ", col);
+		if (kind != STP_AGG_COMBINE_FINAL)
+			appendStringInfo(&buf, "%s = ", col);
 		switch (kind)
 		{
 			case STP_AGG_COUNT:
@@ -715,6 +749,27 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 					appendStringInfo(&buf, "%s(pg_catalog.float8_combine(r.%s, EXCLUDED.%s)), "
 									 "%s = pg_catalog.float8_combine(r.%s, EXCLUDED.%s)",
 									 variance_final_function(kind), st, st, st, st, st);
+				}
+				break;
+
+				/*
+				 * A combinable aggregate: the states merge with its combine
+				 * function, and the value is the state, or the final
+				 * function of the merged state.
+				 */
+			case STP_AGG_COMBINE:
+				appendStringInfoString(&buf,
+									   stp_combine_merge(def, foreach_current_index(lc),
+														 psprintf("(r.%s), (EXCLUDED.%s)",
+																  col, col)));
+				break;
+			case STP_AGG_COMBINE_FINAL:
+				{
+					const char *st = quote_identifier(stp_variance_state_column(lfirst(lc)));
+
+					appendStringInfo(&buf, "(%s, %s) = %s", col, st,
+									 stp_combine_final_and_merge(def, foreach_current_index(lc),
+																 psprintf("(r.%s), (EXCLUDED.%s)", st, st)));
 				}
 				break;
 		}
@@ -1273,7 +1328,7 @@ slot_result_columns(StpJobDef *def, List **cols, List **vals)
 			*vals = lappend(*vals, psprintf("s%d", i));
 			*vals = lappend(*vals, psprintf("n%d", i));
 		}
-		if (STP_AGG_IS_VARIANCE(kind))
+		if (STP_AGG_KEEPS_STATE(kind))
 		{
 			*cols = lappend(*cols, (char *) quote_identifier(stp_variance_state_column(lfirst(lc))));
 			*vals = lappend(*vals, psprintf("v%d", i));

@@ -216,7 +216,10 @@ typedef enum StpAggKind
 	STP_AGG_AVG_FLOAT_DISTINCT,
 	/* sketches of optional extensions, kept as their own types (sketch.c) */
 	STP_AGG_HLL,				/* hll_add_agg, hll_union_agg: hll */
-	STP_AGG_TDIGEST				/* tdigest(x, compression): tdigest */
+	STP_AGG_TDIGEST,			/* tdigest(x, compression): tdigest */
+	/* any aggregate with a combine function and a storable state (combine.c) */
+	STP_AGG_COMBINE,			/* without final function: value is state */
+	STP_AGG_COMBINE_FINAL		/* with one: a hidden state column too */
 } StpAggKind;
 
 #define STP_AGG_IS_AVG(kind) \
@@ -227,6 +230,11 @@ typedef enum StpAggKind
 #define STP_AGG_IS_SKETCH(kind) ((kind) == STP_AGG_HLL || (kind) == STP_AGG_TDIGEST)
 #define STP_AGG_IS_VARIANCE(kind) \
 	((kind) >= STP_AGG_VAR_SAMP && (kind) <= STP_AGG_STDDEV_POP)
+#define STP_AGG_IS_COMBINE(kind) \
+	((kind) == STP_AGG_COMBINE || (kind) == STP_AGG_COMBINE_FINAL)
+/* Kinds with a hidden state column _stp_<name>_state next to their value. */
+#define STP_AGG_KEEPS_STATE(kind) \
+	(STP_AGG_IS_VARIANCE(kind) || (kind) == STP_AGG_COMBINE_FINAL)
 
 typedef struct StpJobDef
 {
@@ -256,6 +264,8 @@ typedef struct StpJobDef
 	int32		resize_to;		/* pending partition count, or 0 (stp_alter_job) */
 	bool		slot_source;	/* decodes a logical replication slot (slot.c) */
 	bool		rows_mode;		/* strategy 'rows': workers own id ranges */
+	List	   *agg_functions;	/* of Oid: a combinable aggregate (combine.c),
+								 * InvalidOid for the other kinds */
 } StpJobDef;
 
 /* sqlgen.c */
@@ -343,6 +353,20 @@ extern char *stp_shape_view_sql(StpShape *shape, Oid state_relid);
 extern StpAggKind stp_sketch_kind(Oid aggfnoid, const char *fname);
 extern char *stp_sketch_merge(StpAggKind kind, const char *a, const char *b);
 extern char *stp_sketch_combine_agg(StpAggKind kind, const char *col);
+
+/* combine.c */
+struct Aggref;
+extern StpAggKind stp_combine_kind(struct Aggref *aggref, const char *fname,
+								   const char *colname);
+extern Oid	stp_combine_transtype(Oid aggfnoid);
+extern char *stp_combine_args(struct Aggref *aggref, List *dpcontext);
+extern char *stp_combine_state_call(StpJobDef *def, int agg, const char *arg,
+									const char *filter);
+extern char *stp_combine_final(StpJobDef *def, int agg, const char *states);
+extern char *stp_combine_merge(StpJobDef *def, int agg, const char *states);
+extern char *stp_combine_final_and_merge(StpJobDef *def, int agg, const char *states);
+extern void stp_create_combine_aggregates(StpJobDef *def);
+extern void stp_drop_combine_aggregates(StpJobDef *def);
 
 /* hop.c */
 extern void stp_hop_check(Interval *size, Interval *slide, int64 *size_usecs,

@@ -360,6 +360,24 @@ push @AGGS, [ 'nd_i2', 'count(DISTINCT v_i2)', 0 ],
   [ 'ad_i2_f', 'avg(DISTINCT v_i2) FILTER (WHERE v_txt IS NOT NULL)', 1 ],
   [ 'sd_num', 'sum(DISTINCT v_num)', 0 ],
   [ 'nd_x2', 'count(DISTINCT v_i8) * 2', 0 ];
+# Aggregates that stp merges with their combine function: user-defined
+# ones of schema oracle, with and without a final function, bit_xor, and
+# float regression aggregates whose values are far from the cancellation
+# that would make merge order show beyond the tolerance.  Hopping windows
+# and slot jobs refuse them.  They are dealt without random numbers (see
+# make_jobs), so that a seed makes the same other jobs and rows as before
+# they were added.
+my @CB_AGGS = ([ 'cb_xor_i4', 'bit_xor(v_i4)', 0 ],
+  [ 'cb_xor_i2_f', 'bit_xor(v_i2) FILTER (WHERE k_bool)', 0 ],
+  [ 'cb_usum_i4', 'oracle.u_sum(v_i4)', 0 ],
+  [ 'cb_uavg_i4', 'oracle.u_avg(v_i4)', 1 ],
+  [ 'cb_uavg_i2_f', 'oracle.u_avg(v_i2) FILTER (WHERE v_i4 > 0)', 1 ],
+  [ 'cb_umax_num', 'oracle.u_max(v_num)', 0 ],
+  [ 'cb_covar_f8', 'covar_pop(v_f8, v_f8 * 2)', 0 ],
+  [ 'cb_sxx_f4', 'regr_sxx(v_f8s, v_f4)', 0 ],
+  [ 'cb_avgx_f4', 'regr_avgx(v_f8, v_f4)', 0 ],
+  [ 'cb_count_f', 'regr_count(v_f8s, v_f4) FILTER (WHERE v_i2 % 3 = 0)', 0 ],
+  [ 'cb_diff', 'oracle.u_sum(v_i4) - sum(v_i4)', 0 ]);
 
 # HAVING clauses, for jobs whose result is a view.
 my @HAVINGS = ('count(*) > 1', 'sum(v_i4) IS NOT NULL', 'max(v_i2) > 0 OR count(*) = 1',
@@ -405,6 +423,9 @@ sub shuffle
 
 # Deal the pools out over the jobs so that every key, aggregate and
 # partition count occurs in every round, then add random extras.
+# Set while make_slot_jobs makes its jobs: none of @CB_AGGS.
+our $no_combine = 0;
+
 sub make_jobs
 {
 	my ($njobs) = @_;
@@ -544,6 +565,14 @@ sub make_jobs
 			my ($it) = grep { $_->{name} eq $x } @items;
 			$x = $it->{expr} if $it && grep { $_ eq $x } @COLUMNS;
 		}
+		# Two of @CB_AGGS, at the end of the select list, for every job
+		# with aggregates but those with a hopping window (and slot jobs):
+		# every one of them is dealt each round.
+		if (!$selftest && !$no_combine && !defined $j->{hop} && $i != $njobs - 1)
+		{
+			push @items, map { { key => 0, name => $_->[0], expr => $_->[1], scale => $_->[2] } }
+			  @CB_AGGS[ $i % @CB_AGGS, ($i + 5) % @CB_AGGS ];
+		}
 		$j->{items} = \@items;
 		$j->{key_names} = [ map { $_->{name} } grep { $_->{key} } @items ];
 		# A third of the other jobs filter their groups with HAVING, and a
@@ -569,7 +598,9 @@ sub make_jobs
 sub make_slot_jobs
 {
 	my ($n) = @_;
-	# Slot jobs refuse DISTINCT aggregates and hopping windows.
+	# Slot jobs refuse DISTINCT aggregates, hopping windows and aggregates
+	# that stp merges with their combine function (not dealt to them).
+	local $no_combine = 1;
 	my @jobs = grep {
 		@{ $_->{keys} } && !defined $_->{hop} && $_->{query} !~ /\w\(DISTINCT /
 	} make_jobs($n + 6);
@@ -1219,6 +1250,13 @@ CREATE TABLE $SMALL (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, $cols);
 CREATE TABLE ev_slot (id bigserial PRIMARY KEY, $cols);
 ALTER TABLE ev_slot REPLICA IDENTITY FULL;
 CREATE FUNCTION oracle_bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT \$1 / 10';
+CREATE AGGREGATE oracle.u_sum(int4) (SFUNC = int4_sum, STYPE = int8, COMBINEFUNC = int8pl);
+CREATE AGGREGATE oracle.u_avg(int4) (SFUNC = int4_avg_accum, STYPE = int8[],
+    COMBINEFUNC = int4_avg_combine, FINALFUNC = int8_avg, INITCOND = '{0,0}');
+CREATE FUNCTION oracle.u_max_step(s numeric, x numeric) RETURNS numeric LANGUAGE sql IMMUTABLE
+    AS 'SELECT CASE WHEN s IS NULL OR x > s THEN x ELSE s END';
+CREATE AGGREGATE oracle.u_max(numeric) (SFUNC = oracle.u_max_step, STYPE = numeric,
+    COMBINEFUNC = oracle.u_max_step);
 });
 
 	my @jobs = make_jobs($size{jobs});

@@ -15,9 +15,11 @@
 #   - a restore without the result table's data.
 # A dump that leaves out the source table cannot restore stp.jobs at all,
 # and pg_restore says so.  A second job, with count(DISTINCT) and
-# sum(DISTINCT), is restored with its distinct tables and stays exact; a
-# third keeps its distinct values in the chunk layout (arrays), which a
-# restore keeps.
+# sum(DISTINCT), is restored with its distinct tables and stays exact.  A
+# third job keeps user-defined aggregates of another schema, recorded in
+# stp.jobs.agg_functions by name, and bit_xor: restored, it finds them
+# again and stays exact.  A fourth keeps its distinct values in the chunk
+# layout (arrays), which a restore keeps.
 
 use strict;
 use warnings;
@@ -29,8 +31,8 @@ use FindBin;
 use lib $FindBin::Bin;
 use StpTest;
 
-# Two jobs of 2 partitions in each of 7 databases.
-my $node = StpTest::new_node('dump_restore', max_worker_processes => 48);
+# Two jobs of 2 partitions and two of 1 in each of 7 databases.
+my $node = StpTest::new_node('dump_restore', max_worker_processes => 56);
 StpTest::create_events($node);
 $node->safe_psql('postgres', StpTest::insert_sql(0, 1, 5000));
 
@@ -48,6 +50,34 @@ my $cquery = q{SELECT tag, k % 3 AS k3, count(DISTINCT v) AS dv, sum(DISTINCT n)
        count(*) AS c FROM events GROUP BY tag, k3};
 $node->safe_psql('postgres',
 	"SET stp.distinct_layout = chunks; SELECT stp_start_job('jc', \$\$$cquery\$\$, 'rc', batch_size => 900)");
+# A job with user-defined aggregates in schema aggs, with and without a
+# final function.
+$node->safe_psql('postgres', q{
+CREATE SCHEMA aggs;
+CREATE AGGREGATE aggs.my_avg(int4) (SFUNC = int4_avg_accum, STYPE = int8[],
+    COMBINEFUNC = int4_avg_combine, FINALFUNC = int8_avg, INITCOND = '{0,0}');
+CREATE AGGREGATE aggs.my_sum(int4) (SFUNC = int4_sum, STYPE = int8, COMBINEFUNC = int8pl);
+});
+my $aquery = q{SELECT tag, aggs.my_avg(v) AS a, aggs.my_sum(k) AS s, bit_xor(k) AS x FROM events GROUP BY tag};
+$node->safe_psql('postgres',
+	"SELECT stp_start_job('ja', \$\$$aquery\$\$, 'ra', batch_size => 900)");
+
+# Wait for the job with user-defined aggregates; it must equal its batch
+# query.
+sub check_combine
+{
+	my ($db, $label) = @_;
+	is($node->safe_psql($db, "SELECT agg_functions::text FROM stp.jobs WHERE job_name = 'ja'"),
+		'{aggs.my_avg(integer),aggs.my_sum(integer),bit_xor(integer)}',
+		"$label: the job names its aggregates");
+	is($node->safe_psql($db, "SELECT stp_wait('ja', '120 s')"), 't',
+		"$label: the job with user-defined aggregates catches up");
+	is( $node->safe_psql(
+			$db,
+			"SELECT count(*) FROM ((SELECT tag, a, s, x FROM ra EXCEPT ALL ($aquery)) UNION ALL (($aquery) EXCEPT ALL SELECT tag, a, s, x FROM ra)) d"),
+		'0',
+		"$label: the job with user-defined aggregates equals its batch query");
+}
 
 # Wait for the count(DISTINCT) job; its view must equal its batch query.
 sub check_distinct
@@ -104,6 +134,7 @@ StpTest::check_job(
 	await => 1,
 	wait_msg => 'the job catches up');
 check_distinct('postgres', 'source');
+check_combine('postgres', 'source');
 
 sub createdb
 {
@@ -158,6 +189,7 @@ sub check_restored
 		processed_upto => 1,
 		wait_msg => 'the restored job catches up with new rows');
 	check_distinct($db, $label);
+	check_combine($db, $label);
 }
 
 # Plain format, through psql.

@@ -35,6 +35,19 @@ for my $job (sort keys %jobs)
 	like($err, qr/version 1\.0, older than its library/, "$job: with a warning that says so");
 }
 
+# An aggregate that stp merges with its combine function needs the 1.2
+# catalog: refused on the 1.0 one, with the reason, leaving nothing.
+{
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SELECT stp_start_job('j_xor', 'SELECT k, bit_xor(v) AS x FROM events GROUP BY k', 'r_xor')");
+	isnt($ret, 0, 'a combinable aggregate is refused on the 1.0 catalog');
+	like($err, qr/older than 1\.2, which cannot keep this job's aggregates/,
+		'with the reason');
+	is($node->safe_psql('postgres', "SELECT count(*) FROM stp.jobs WHERE job_name = 'j_xor'")
+		  . $node->safe_psql('postgres', "SELECT count(*) FROM pg_class WHERE relname = 'r_xor'"),
+		'00', 'and leaves no job and no table');
+}
+
 StpTest::setup_writers($node, prefix => '008', writers => 2, rows_per_tx => 10);
 StpTest::start_writers(1);
 $node->poll_query_until('postgres',
