@@ -224,14 +224,15 @@ class DrainBench:
         for w in self.workloads:
             log("drain %s: contenders %s, %d run(s), batch %d"
                 % (w.name, ", ".join(self.contenders()), self.runs, self.batch))
-            for _ in range(self.runs):
+            for run in range(self.runs):
                 self.run_limit(w)
                 self.run_v1(w)
                 if self.stp_ok:
                     for p in self.partitions:
-                        self.run_stp(w, p)
-                        if self.route_compare:
-                            self.run_stp(w, p, fn=True)
+                        # stpN and stpNfn take turns at going first.
+                        order = [False, True] if self.route_compare else [False]
+                        for fn in order[::-1] if run % 2 else order:
+                            self.run_stp(w, p, fn=fn)
             for contender, rec in self.results[w.name].items():
                 rec["secs_summary"] = summary(rec["secs"])
                 rec["rows_per_s"] = summary([self.rows / s for s in rec["secs"]])
