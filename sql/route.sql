@@ -208,6 +208,21 @@ SET stp.route_scan = off;
 SELECT count(*) FROM route_src WHERE stp.in_partition(5, 3, i);
 RESET stp.route_scan;
 
+-- A dropped column, and a column added with a default that older rows
+-- lack: the child scan cannot return the table's row as it is stored, and
+-- returns the columns that the node and its parent read.
+ALTER TABLE route_src DROP COLUMN b;
+ALTER TABLE route_src ADD COLUMN extra int DEFAULT 7;
+INSERT INTO route_src (ts, i, t, n, f, extra)
+SELECT '2025-01-01'::timestamptz + g * interval '7 minutes', g % 40, 'key' || (g % 11),
+       (g % 9)::numeric, g::float8, g % 3
+FROM generate_series(1, 600) g;
+EXPLAIN (COSTS OFF, VERBOSE)
+SELECT i, extra, count(*) FROM route_src WHERE stp.in_partition(1, 3, i, extra) GROUP BY 1, 2;
+SELECT * FROM route_check('route_src', 'i, extra', 'i, extra', 3);
+SELECT * FROM route_check('route_src', '*', 'extra', 2);
+SELECT route_split('route_src', 'i AS k0, extra AS k1', 'k0, k1', 'i, extra', 3) AS split;
+
 DROP TABLE route_src;
 DROP FUNCTION route_check(text, text, text, int);
 DROP FUNCTION route_split(text, text, text, text, int);

@@ -404,7 +404,8 @@ add_vars_to_tlist(Plan *plan, List *exprs)
  * table's row as its target list it projects nothing, and the node
  * projects only the rows it keeps.  Not for index-only scans (their
  * tuples come from the index) nor when system columns, whole-row Vars or
- * placeholders are read.
+ * placeholders are read; and build_physical_tlist gives up (NIL) on a
+ * table with a dropped column or a column added with a default.
  */
 static bool
 physical_tlist_ok(Plan *child, List *keys, List *tlist)
@@ -440,6 +441,7 @@ route_plan_path(PlannerInfo *root, RelOptInfo *rel, CustomPath *best_path,
 	Plan	   *child = linitial(custom_plans);
 	RouteClause rc;
 	ListCell   *lc;
+	List	   *physical;
 	bool		removed = false;
 
 	if (!find_route_clause(clauses, &rc))
@@ -456,8 +458,10 @@ route_plan_path(PlannerInfo *root, RelOptInfo *rel, CustomPath *best_path,
 	if (!removed)
 		elog(ERROR, "StpRoute could not find its routing filter in the child plan");
 
-	if (physical_tlist_ok(child, rc.keys, tlist))
-		child->targetlist = build_physical_tlist(root, rel);
+	physical = physical_tlist_ok(child, rc.keys, tlist) ?
+		build_physical_tlist(root, rel) : NIL;
+	if (physical != NIL)
+		child->targetlist = physical;
 	else
 	{
 		add_vars_to_tlist(child, rc.keys);
