@@ -19,6 +19,7 @@ OBJS = \
 	src/combine.o \
 	src/sqlgen.o \
 	src/partition.o \
+	src/route.o \
 	src/guard.o \
 	src/restore.o \
 	src/wait.o \
@@ -31,7 +32,7 @@ DATA = stp--1.0.sql stp--1.1.sql stp--1.2.sql stp--1.0--1.1.sql stp--1.1--1.2.sq
 PGFILEDESC = "stp - parallel streaming aggregation"
 
 
-REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct distinct_chunks leaves resize hop sketches slot rows combine
+REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct distinct_chunks leaves resize hop sketches slot rows combine route
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
 ISOLATION = out_of_order blocked

@@ -36,6 +36,9 @@ class DrainBench:
         self.workloads = workloads
         self.stp_ok = stp_ok
         self.partitions = partitions
+        # With --route-scan both: every stpN again as stpNfn, with
+        # stp.route_scan off (the function filter), right after it.
+        self.route_compare = getattr(args, "route_compare", False)
         self.expected = {}          # workload -> (groups, rows)
         self.results = {}           # workload -> contender -> record
         self.sconn = connect()      # the memory sampler's connection
@@ -43,7 +46,9 @@ class DrainBench:
     def contenders(self):
         names = ["limit", "V1"]
         if self.stp_ok:
-            names += ["stp%d" % p for p in self.partitions]
+            for p in self.partitions:
+                names += ["stp%d" % p] + (["stp%dfn" % p]
+                                          if self.route_compare else [])
         return names
 
     def record(self, w, contender):
@@ -159,13 +164,16 @@ class DrainBench:
             seen["first"] = time.monotonic() - t0
         return {"p%s" % part: pid for part, pid, _ in rows or []}
 
-    def run_stp(self, w, parts):
-        contender = "stp%d" % parts
+    def run_stp(self, w, parts, fn=False):
+        contender = "stp%d%s" % (parts, "fn" if fn else "")
         job = "bench_%s_p%d" % (w.name, parts)
         result = "bench_stp_%s" % w.name
         conn = connect()
         drop_stp_job(conn, job)
         q(conn, "DROP TABLE IF EXISTS %s" % result)
+        # The workers read the database's settings when they connect.
+        q(conn, "ALTER DATABASE bench %s" % (
+            "SET stp.route_scan = off" if fn else "RESET stp.route_scan"))
         q(conn, "CHECKPOINT")
         waited = {}
 
@@ -208,6 +216,7 @@ class DrainBench:
             conn = connect()
         drop_stp_job(conn, job)
         q(conn, "DROP TABLE IF EXISTS %s" % result)
+        q(conn, "ALTER DATABASE bench RESET stp.route_scan")
         conn.close()
 
     # --- driver -----------------------------------------------------------
@@ -215,12 +224,15 @@ class DrainBench:
         for w in self.workloads:
             log("drain %s: contenders %s, %d run(s), batch %d"
                 % (w.name, ", ".join(self.contenders()), self.runs, self.batch))
-            for _ in range(self.runs):
+            for run in range(self.runs):
                 self.run_limit(w)
                 self.run_v1(w)
                 if self.stp_ok:
                     for p in self.partitions:
-                        self.run_stp(w, p)
+                        # stpN and stpNfn take turns at going first.
+                        order = [False, True] if self.route_compare else [False]
+                        for fn in order[::-1] if run % 2 else order:
+                            self.run_stp(w, p, fn=fn)
             for contender, rec in self.results[w.name].items():
                 rec["secs_summary"] = summary(rec["secs"])
                 rec["rows_per_s"] = summary([self.rows / s for s in rec["secs"]])

@@ -51,6 +51,7 @@ def parse_args():
     p.add_argument("--wait-mode", choices=["await", "stp_wait", "poll"],
                    default="await")
     p.add_argument("--out")
+    p.add_argument("--route-compare", action="store_true")
     p.add_argument("--stp-ok", type=int, default=0)
     p.add_argument("--stp-reason", default="")
     p.add_argument("--repo", default=os.path.dirname(

@@ -105,6 +105,10 @@ def drain_section(res):
         g = {c: r.get("rows_per_s") for c, r in recs.items()}
         pn = ["stp%d/stp1 %s" % (p, ratio(g.get("stp%d" % p), g.get("stp1")))
               for p in res["partitions"] if p > 2]
+        # The StpRoute scan against the function filter (--route-scan both).
+        pn += ["stp%d/stp%dfn %s" % (p, p, ratio(g.get("stp%d" % p),
+                                                 g.get("stp%dfn" % p)))
+               for p in res["partitions"] if g.get("stp%dfn" % p)]
         # A hash-partitioned copy against its plain table's stp1.
         plain = d.get(wname[:-1]) if wname.endswith("h") else None
         if plain:

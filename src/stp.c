@@ -24,6 +24,7 @@
 #include "tcop/utility.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "optimizer/paths.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -48,6 +49,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+static set_rel_pathlist_hook_type prev_set_rel_pathlist_hook = NULL;
 
 void		_PG_init(void);
 
@@ -236,6 +238,19 @@ stp_process_utility(PlannedStmt *pstmt, const char *queryString,
 	stp_check_noted_relations();
 }
 
+/*
+ * set_rel_pathlist_hook: after any previous hook, let the StpRoute scan
+ * take over the routing filter of stp's batch statements (route.c).
+ */
+static void
+stp_set_rel_pathlist(PlannerInfo *root, RelOptInfo *rel, Index rti,
+					 RangeTblEntry *rte)
+{
+	if (prev_set_rel_pathlist_hook)
+		prev_set_rel_pathlist_hook(root, rel, rti, rte);
+	stp_route_paths(root, rel, rti, rte);
+}
+
 void
 _PG_init(void)
 {
@@ -273,6 +288,15 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("stp.route_scan",
+							 "Routes rows to partitions with the StpRoute custom scan instead of a call of stp.in_partition per row.",
+							 "Read when a statement is planned: a partition worker plans its batch statements when it starts.",
+							 &stp_route_scan,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("stp");
 
 	prev_shmem_request_hook = shmem_request_hook;
@@ -283,6 +307,9 @@ _PG_init(void)
 	object_access_hook = stp_object_access;
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = stp_process_utility;
+	prev_set_rel_pathlist_hook = set_rel_pathlist_hook;
+	set_rel_pathlist_hook = stp_set_rel_pathlist;
+	stp_route_init();
 
 	stp_xact_callback_init();
 	stp_register_launcher();

@@ -451,5 +451,15 @@ typedef struct StpRouter StpRouter;
 extern StpRouter *stp_router_create(int nkeys, const Oid *types, const Oid *collations);
 extern int32 stp_router_route(StpRouter *r, const Datum *values, const bool *nulls,
 							  int32 nparts);
+extern bool stp_router_allocates(StpRouter *r);
+
+/* route.c */
+struct PlannerInfo;
+struct RelOptInfo;
+struct RangeTblEntry;
+extern bool stp_route_scan;
+extern void stp_route_init(void);
+extern void stp_route_paths(struct PlannerInfo *root, struct RelOptInfo *rel,
+							Index rti, struct RangeTblEntry *rte);
 
 #endif							/* STP_H */
