@@ -20,11 +20,11 @@
  * transaction reaches them at COMMIT PREPARED.  A transaction larger than
  * logical_decoding_work_mem is spilled to disk by the reorder buffer.
  *
- * A step decodes the WAL up to what is written to the WAL files, flushed
- * or not (read_written_wal_page says why that is safe), and first gets
- * the WAL up to the insert position written unless another process is
- * writing it, so that transactions that committed asynchronously are
- * decoded at once rather than when the walwriter writes them.
+ * A step decodes the WAL up to what is flushed, and first flushes it up to
+ * the insert position unless another process is flushing it, so that
+ * transactions that committed asynchronously are decoded at once rather
+ * than when the walwriter flushes them.  The slot is confirmed only once
+ * the batch's own (asynchronous) commit is flushed.
  *
  * After the loop, a batch whose decoded rows are all new rows (INSERTs,
  * and new rows of UPDATEs whose old row belongs to another partition) is
@@ -649,51 +649,6 @@ stp_slot_abort(void)
 }
 
 /*
- * Read a page of the local WAL for decoding, up to what has been written
- * to the WAL files, flushed or not (read_local_xlog_page stops at what is
- * flushed).  That is safe for a job: what a batch decoded reaches nothing
- * but the batch's own transaction, whose commit record lies after it in
- * the WAL, and recovery replays a prefix of the WAL, so a crash that loses
- * a decoded transaction loses the batch too.  The slot is confirmed only
- * once the batch's commit is flushed (confirm_durable).  A record that
- * runs past the written position is flushed first: the worker never waits
- * for the walwriter.
- */
-static int
-read_written_wal_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
-					  int reqLen, XLogRecPtr targetRecPtr, char *cur_page)
-{
-	XLogRecPtr	loc = targetPagePtr + reqLen;
-	XLogRecPtr	written = GetXLogWriteRecPtr();
-	TimeLineID	tli = GetWALInsertionTimeLine();
-	WALReadError errinfo;
-	int			count;
-
-	while (loc > written)
-	{
-		XLogFlush(Min(loc, GetXLogInsertRecPtr()));
-		written = GetXLogWriteRecPtr();
-		if (loc > written)
-		{
-			/* Not inserted completely yet (as read_local_xlog_page waits). */
-			CHECK_FOR_INTERRUPTS();
-			pg_usleep(1000L);
-			written = GetXLogWriteRecPtr();
-		}
-	}
-	XLogReadDetermineTimeline(state, targetPagePtr, reqLen, tli);
-	if (targetPagePtr + XLOG_BLCKSZ <= written)
-		count = XLOG_BLCKSZ;
-	else
-		count = written - targetPagePtr;
-
-	/* The rest of an incomplete page is zeroes; the count says what is valid. */
-	if (!WALRead(state, cur_page, targetPagePtr, XLOG_BLCKSZ, tli, &errinfo))
-		WALReadRaiseError(&errinfo);
-	return count;
-}
-
-/*
  * The routines with which a partition worker reads the local WAL.
  */
 static XLogReaderRoutine *
@@ -701,7 +656,7 @@ local_wal_routine(void)
 {
 	static XLogReaderRoutine routine;
 
-	routine.page_read = read_written_wal_page;
+	routine.page_read = read_local_xlog_page;
 	routine.segment_open = wal_segment_open;
 	routine.segment_close = wal_segment_close;
 	return &routine;
@@ -844,8 +799,8 @@ create_slot(const char *name, bool *stop)
 	XLogFlush(XactLastCommitEnd);
 	ReplicationSlotPersist();
 	FreeDecodingContext(ctx);
-	confirm_upto = InvalidXLogRecPtr;
 	ReplicationSlotRelease();
+	confirm_upto = InvalidXLogRecPtr;
 	stp_worker.offset = start;
 	ereport(LOG,
 			(errmsg("stp job \"%s\" partition %d built " INT64_FORMAT " groups and decodes slot \"%s\" from %X/%X",
@@ -922,20 +877,21 @@ slot_active(const char *name)
 }
 
 /*
- * Get the WAL up to the current insert position written, if part of it is
- * not, so that a step decodes every transaction that has committed,
- * including those that committed asynchronously, which the walwriter
- * writes only every wal_writer_delay.  When another process holds
- * WALWriteLock it is writing the WAL already, and the worker does not
- * queue behind its flush: the step decodes what is written, and the next
- * step the rest.
+ * Flush the WAL up to the current insert position, if part of it is not
+ * flushed yet, so that a step decodes every transaction that has
+ * committed, including those that committed asynchronously, which the
+ * walwriter writes and flushes only every wal_writer_delay.  Decoding
+ * reads flushed WAL only, as PostgreSQL's own decoding does.  When another
+ * process holds WALWriteLock it is flushing the WAL already, and the
+ * worker does not queue behind its fsync: the step decodes what is
+ * flushed, and the next step the rest.
  */
 static void
-write_inserted_wal(void)
+flush_inserted_wal(void)
 {
 	XLogRecPtr	insert = GetXLogInsertRecPtr();
 
-	if (insert > GetXLogWriteRecPtr() &&
+	if (insert > GetFlushRecPtr(NULL) &&
 		LWLockConditionalAcquire(WALWriteLock, LW_SHARED))
 	{
 		LWLockRelease(WALWriteLock);
@@ -1095,16 +1051,16 @@ stp_slot_step(bool *stop)
 	 * written before the types were read, so a row of the types before an
 	 * ALTER is told from a row of the types after it.
 	 *
-	 * Decoding reads the WAL up to what is written (read_written_wal_page).
-	 * A transaction that committed with synchronous_commit = off is written
-	 * by the walwriter up to wal_writer_delay (200 ms by default) later,
-	 * and would wait that long for its group: the worker gets the WAL up to
-	 * the insert position written itself, unless another process is
-	 * writing it already (write_inserted_wal).
+	 * Decoding reads only flushed WAL.  A transaction that committed with
+	 * synchronous_commit = off is flushed by the walwriter up to
+	 * wal_writer_delay (200 ms by default) later, and would wait that long
+	 * for its group: the worker flushes the WAL up to the insert position
+	 * itself, unless another process is flushing it already
+	 * (flush_inserted_wal).
 	 */
-	write_inserted_wal();
+	flush_inserted_wal();
 	confirm_durable(false);
-	end = GetXLogWriteRecPtr();
+	end = GetFlushRecPtr(NULL);
 	decoded_begin(stp_worker.def->source, (XLogRecPtr) stp_worker.offset);
 	owner = CurrentResourceOwner;
 
