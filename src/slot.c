@@ -98,6 +98,7 @@
 #include "pgstat.h"
 #include "replication/decode.h"
 #include "replication/logical.h"
+#include "replication/origin.h"
 #include "replication/output_plugin.h"
 #include "replication/slot.h"
 #include "replication/snapbuild.h"
@@ -207,6 +208,18 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_in
 {
 	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
 	opt->receive_rewrites = false;
+}
+
+/*
+ * Drop, before the reorder buffer queues them, the changes that stp's own
+ * workers write (worker.c tags them with DoNotReplicateId): no job's
+ * source is written by a worker, and a table they write may be younger
+ * than the slot.
+ */
+static bool
+plugin_filter_by_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	return origin_id == DoNotReplicateId;
 }
 
 /*
@@ -463,6 +476,7 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->change_cb = plugin_change;
 	cb->truncate_cb = plugin_truncate;
 	cb->commit_cb = plugin_commit;
+	cb->filter_by_origin_cb = plugin_filter_by_origin;
 }
 
 /*
@@ -757,9 +771,23 @@ create_slot(const char *name, bool *stop)
 
 	CheckLogicalDecodingRequirements();
 	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false);
-	ctx = CreateInitDecodingContext("stp", NIL, true, InvalidXLogRecPtr,
-									local_wal_routine(), NULL, NULL, NULL);
-	DecodingContextFindStartpoint(ctx);
+	/*
+	 * The context that finds the start point decodes on from there in the
+	 * steps that follow (it lives, and its reader keeps its buffers, in
+	 * TopMemoryContext): a new context would start over from the slot's
+	 * restart point, older than the start point, and build its snapshot
+	 * again from there.
+	 */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		ctx = CreateInitDecodingContext("stp", NIL, true, InvalidXLogRecPtr,
+										local_wal_routine(), NULL, NULL, NULL);
+		decoding = ctx;
+		MemoryContextSwitchTo(ctx->context);
+		DecodingContextFindStartpoint(ctx);
+		MemoryContextSwitchTo(old);
+	}
 	start = MyReplicationSlot->data.confirmed_flush;
 
 	InvalidateCatalogSnapshot();
@@ -774,6 +802,7 @@ create_slot(const char *name, bool *stop)
 		PopActiveSnapshot();
 		SPI_finish();
 		FreeDecodingContext(ctx);
+		decoding = NULL;
 		AbortCurrentTransaction();
 		ReplicationSlotRelease();
 		MemoryContextSwitchTo(caller_ctx);
@@ -798,8 +827,6 @@ create_slot(const char *name, bool *stop)
 	 */
 	XLogFlush(XactLastCommitEnd);
 	ReplicationSlotPersist();
-	FreeDecodingContext(ctx);
-	ReplicationSlotRelease();
 	confirm_upto = InvalidXLogRecPtr;
 	stp_worker.offset = start;
 	ereport(LOG,

@@ -34,6 +34,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/guc.h"
+#include "replication/origin.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -326,6 +327,15 @@ stp_worker_main(Datum main_arg)
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("exit_on_error", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Tag the worker's writes (state, distinct and progress rows) in the
+	 * WAL with the origin that says "do not replicate": a slot job's
+	 * decoding drops them before its reorder buffer queues them, as it
+	 * drops any change that is not its source's (slot.c).  Commits carry
+	 * no origin, so nothing is tracked for it.
+	 */
+	replorigin_session_origin = DoNotReplicateId;
 	{
 		char		appname[NAMEDATALEN];
 
