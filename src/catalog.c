@@ -378,6 +378,25 @@ stp_catalog_has_column(const char *table, const char *column)
 }
 
 /*
+ * The elements of an oid (or regclass, regprocedure) array as a List of
+ * Oid, a NULL element as InvalidOid.
+ */
+static List *
+oid_array_to_list(Datum d)
+{
+	List	   *result = NIL;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+
+	deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true,
+					  TYPALIGN_INT, &elems, &enulls, &n);
+	for (int i = 0; i < n; i++)
+		result = lappend_oid(result, enulls[i] ? InvalidOid : DatumGetObjectId(elems[i]));
+	return result;
+}
+
+/*
  * Read a job's definition from stp.jobs, built in mcxt.  Returns NULL if
  * the job does not exist.  The caller is connected to SPI.
  */
@@ -475,18 +494,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 
 	/* A 1.1 catalog has neither leaves nor resizes. */
 	d = SPI_getbinval(tup, desc, 21, &isnull);
-	def->leaves = NIL;
-	if (!isnull)
-	{
-		Datum	   *elems;
-		bool	   *enulls;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true,
-						  TYPALIGN_INT, &elems, &enulls, &n);
-		for (int i = 0; i < n; i++)
-			def->leaves = lappend_oid(def->leaves, DatumGetObjectId(elems[i]));
-	}
+	def->leaves = isnull ? NIL : oid_array_to_list(d);
 	d = SPI_getbinval(tup, desc, 22, &isnull);
 	def->resize_to = isnull ? 0 : DatumGetInt32(d);
 	def->slot_source = DatumGetBool(SPI_getbinval(tup, desc, 23, &isnull));
@@ -497,19 +505,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 
 	/* Jobs of a catalog before 1.2 have no combinable aggregates. */
 	d = SPI_getbinval(tup, desc, 25, &isnull);
-	def->agg_functions = NIL;
-	if (!isnull)
-	{
-		Datum	   *elems;
-		bool	   *enulls;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true,
-						  TYPALIGN_INT, &elems, &enulls, &n);
-		for (int i = 0; i < n; i++)
-			def->agg_functions = lappend_oid(def->agg_functions,
-											 enulls[i] ? InvalidOid : DatumGetObjectId(elems[i]));
-	}
+	def->agg_functions = isnull ? NIL : oid_array_to_list(d);
 	while (list_length(def->agg_functions) < list_length(def->agg_names))
 		def->agg_functions = lappend_oid(def->agg_functions, InvalidOid);
 

@@ -197,6 +197,27 @@ stp_verify_result_table(Oid relid, List *columns, int nkeys)
 }
 
 /*
+ * Append the column definitions of a table that stp creates: each column's
+ * name, type with typmod, and collation where it is not the type's own.
+ */
+static void
+append_column_definitions(StringInfo buf, List *columns)
+{
+	ListCell   *lc;
+
+	foreach(lc, columns)
+	{
+		StpColumn  *col = lfirst(lc);
+
+		appendStringInfo(buf, "%s%s %s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(col->name),
+						 format_type_with_typemod(col->type, col->typmod));
+		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
+			appendStringInfo(buf, " COLLATE %s", generate_collation_name(col->collation));
+	}
+}
+
+/*
  * Create the result table, as the calling role, with a unique index on
  * the group columns that treats NULLs as equal, as GROUP BY does.  Every
  * batch rewrites the rows of the groups it touches; with half of each page
@@ -210,20 +231,10 @@ stp_create_result_table(Oid nspid, const char *relname, List *columns, int nkeys
 {
 	StringInfoData buf;
 	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
-	ListCell   *lc;
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "CREATE TABLE %s (", qualified);
-	foreach(lc, columns)
-	{
-		StpColumn  *col = lfirst(lc);
-
-		appendStringInfo(&buf, "%s%s %s", foreach_current_index(lc) > 0 ? ", " : "",
-						 quote_identifier(col->name),
-						 format_type_with_typemod(col->type, col->typmod));
-		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
-			appendStringInfo(&buf, " COLLATE %s", generate_collation_name(col->collation));
-	}
+	append_column_definitions(&buf, columns);
 	appendStringInfo(&buf, ") WITH (fillfactor = %d)", fillfactor);
 	if (SPI_execute(buf.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create result table %s", qualified);
@@ -324,20 +335,10 @@ create_chunk_table(Oid nspid, const char *relname, List *columns, int nkeys)
 {
 	StringInfoData buf;
 	char	   *qualified = quote_qualified_identifier(get_namespace_name(nspid), relname);
-	ListCell   *lc;
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "CREATE TABLE %s (", qualified);
-	foreach(lc, columns)
-	{
-		StpColumn  *col = lfirst(lc);
-
-		appendStringInfo(&buf, "%s%s %s", foreach_current_index(lc) > 0 ? ", " : "",
-						 quote_identifier(col->name),
-						 format_type_with_typemod(col->type, col->typmod));
-		if (OidIsValid(col->collation) && col->collation != get_typcollation(col->type))
-			appendStringInfo(&buf, " COLLATE %s", generate_collation_name(col->collation));
-	}
+	append_column_definitions(&buf, columns);
 	appendStringInfoChar(&buf, ')');
 	if (SPI_execute(buf.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create distinct table %s", qualified);
