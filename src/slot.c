@@ -975,8 +975,7 @@ wait_for_decoded(int from)
 /*
  * Decode the WAL up to end (with limited, stopping once the step holds
  * batch_size rows), in the step's transaction, restoring its resource
- * owner and memory context.  Fails the step if the WAL held rows of the
- * source with other column types than it has now.
+ * owner and memory context.
  */
 static void
 decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
@@ -1010,14 +1009,6 @@ decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 	InvalidateSystemCaches();
 	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
-
-	if (decoded->altered)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the column types of source %s changed after job \"%s\" was created",
-						stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
-				 errdetail("The WAL holds rows of the source with other column types than it has now."),
-				 errhint("Drop the job and create it again.")));
 }
 
 /*
@@ -1114,6 +1105,14 @@ stp_slot_step(bool *stop)
 	decode_to(ctx, end, true, owner, caller_ctx);
 	upto = Max(ctx->reader->EndRecPtr, MyReplicationSlot->data.confirmed_flush);
 
+	if (decoded->altered)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the column types of source %s changed after job \"%s\" was created",
+						stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+				 errdetail("The WAL holds rows of the source with other column types than it has now."),
+				 errhint("Drop the job and create it again.")));
+
 	if (decoded->nrows == 0 && !decoded->truncated)
 	{
 		/*
@@ -1182,6 +1181,13 @@ stp_slot_step(bool *stop)
 				XLogFlush(horizon);
 			decode_to(ctx, horizon, false, owner, caller_ctx);
 			upto = Max(ctx->reader->EndRecPtr, upto);
+			if (decoded->altered)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the column types of source %s changed after job \"%s\" was created",
+								stp_qualified_relname(stp_worker.def->source), stp_worker.def->job_name),
+						 errdetail("The WAL holds rows of the source with other column types than it has now."),
+						 errhint("Drop the job and create it again.")));
 			for (int i = waited; i < decoded->nxids; i++)
 				unseen |= XidInMVCCSnapshot(decoded->xids[i], snap);
 			if (!unseen)
