@@ -35,6 +35,7 @@
 #include "utils/syscache.h"
 #include "utils/guc.h"
 #include "replication/origin.h"
+#include "replication/slot.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -119,6 +120,15 @@ release_slot(int code, Datum arg)
 		ereport(LOG,
 				(errmsg("stp job \"%s\" partition %d stopped",
 						stp_worker.def->job_name, stp_worker.args.partition)));
+
+	/*
+	 * A slot job's replication slot is released before the registry entry:
+	 * stp_drop_job drops the slots once the entries are free, and
+	 * PostgreSQL's own release runs after this callback.
+	 */
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+
 	LWLockAcquire(stp_shared->lock, LW_EXCLUSIVE);
 	if (stp_worker.healthy)
 		stp_worker.slot->start_logged = false;
