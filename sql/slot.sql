@@ -97,6 +97,33 @@ SELECT partition, rows_behind, wal_bytes_behind IS NOT NULL AS has_behind,
        wal_retained_bytes >= 0 AS retains
 FROM stp.job_status WHERE job_name = 'acct_sums';
 
+-- The WAL insert position right after a page header: a position no record
+-- ends at.  Non-transactional messages, sized to end the last record on a
+-- page boundary, put it there; the job still catches up to it.
+DO $$
+DECLARE
+	before pg_lsn;
+	probe int;
+	room int;
+BEGIN
+	FOR attempt IN 1..50 LOOP
+		before := pg_current_wal_insert_lsn();
+		PERFORM pg_logical_emit_message(false, 'stp', repeat('x', 1000));
+		probe := (pg_current_wal_insert_lsn() - before)::int;
+		room := 8192 - ((pg_current_wal_insert_lsn() - '0/0') % 8192)::int;
+		-- probe is the size of a 1000-byte message unless it crossed a page.
+		IF (before - '0/0') % 8192 + probe < 8192 AND room >= 600 THEN
+			PERFORM pg_logical_emit_message(false, 'stp', repeat('x', room - (probe - 1000)));
+		END IF;
+		EXIT WHEN (pg_current_wal_insert_lsn() - '0/0') % 8192 = 24
+			OR (pg_current_wal_insert_lsn() - '0/0') % 16777216 = 40;
+	END LOOP;
+END
+$$;
+SELECT (pg_current_wal_insert_lsn() - '0/0') % 8192 IN (24, 40) AS after_page_header;
+SELECT stp_wait('acct_sums', '20 seconds');
+SELECT partition, last_error FROM stp.job_status WHERE job_name = 'acct_sums';
+
 -- The errors.
 SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => 'wal');
 SELECT stp_start_job('bad', 'SELECT grp, count(*) AS n FROM acct GROUP BY grp', 'bad', source => NULL);

@@ -904,6 +904,26 @@ slot_active(const char *name)
 }
 
 /*
+ * The end of the WAL inserted so far: every record inserted before the
+ * call ends at or below it.  GetXLogInsertRecPtr() gives the position where
+ * the next record would start, which, at a page boundary, is past the next
+ * page's header: a page nobody wrote yet.  Flushing up to there fails
+ * ("xlog flush request ... is not satisfied"), and decoding up to there
+ * waits for a record that may never come.
+ */
+XLogRecPtr
+stp_wal_insert_end(void)
+{
+	XLogRecPtr	insert = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(insert, wal_segment_size) == SizeOfXLogLongPHD)
+		return insert - SizeOfXLogLongPHD;
+	if (insert % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return insert - SizeOfXLogShortPHD;
+	return insert;
+}
+
+/*
  * Flush the WAL up to the current insert position, if part of it is not
  * flushed yet, so that a step decodes every transaction that has
  * committed, including those that committed asynchronously, which the
@@ -916,7 +936,7 @@ slot_active(const char *name)
 static void
 flush_inserted_wal(void)
 {
-	XLogRecPtr	insert = GetXLogInsertRecPtr();
+	XLogRecPtr	insert = stp_wal_insert_end();
 
 	if (insert > GetFlushRecPtr(NULL) &&
 		LWLockConditionalAcquire(WALWriteLock, LW_SHARED))
@@ -1037,7 +1057,7 @@ stp_slot_step(bool *stop)
 
 	if (!recompute_horizon_known)
 	{
-		recompute_horizon = GetXLogInsertRecPtr();
+		recompute_horizon = stp_wal_insert_end();
 		recompute_horizon_known = true;
 	}
 	stp_slot_name(name, MyDatabaseId, stp_worker.args.job_id, stp_worker.args.partition);
@@ -1172,7 +1192,7 @@ stp_slot_step(bool *stop)
 			if (snap != NULL)
 				UnregisterSnapshot(snap);
 			snap = RegisterSnapshot(GetTransactionSnapshot());
-			horizon = GetXLogInsertRecPtr();
+			horizon = stp_wal_insert_end();
 			if (decoded->truncated || decoded->nrows >= stp_worker.def->batch_size ||
 				upto >= horizon)
 				break;
@@ -1217,7 +1237,7 @@ stp_slot_step(bool *stop)
 	{
 		(void) rebuild_groups();
 		/* Every snapshot the rebuild took is older than this position. */
-		recompute_horizon = GetXLogInsertRecPtr();
+		recompute_horizon = stp_wal_insert_end();
 	}
 	else
 	{

@@ -12,6 +12,7 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -444,6 +445,7 @@ extern void stp_check_slot_source(Oid source, StpShape *shape, StpJobDef *def,
 extern bool stp_drop_orphan_slots(void);
 extern void stp_drop_job_slots(int32 job_id, int32 partitions);
 extern uint64 stp_slot_confirmed(int32 job_id, int32 partition);
+extern XLogRecPtr stp_wal_insert_end(void);
 
 /* partition.c */
 extern bool stp_type_routable(Oid typid, Oid collid);

@@ -112,7 +112,7 @@ wait_begin(FunctionCallInfo fcinfo, StpWaitTarget *w)
 		 * Every transaction committed before the call has its commit record
 		 * below the WAL insert position.
 		 */
-		w->target = (int64) GetXLogInsertRecPtr();
+		w->target = (int64) stp_wal_insert_end();
 		w->any = true;
 	}
 	else
