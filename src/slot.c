@@ -1054,6 +1054,7 @@ stp_slot_step(bool *stop)
 	XLogRecPtr	horizon = InvalidXLogRecPtr;
 	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
 	int			ret;
+	TimestampTz started = GetCurrentTimestamp();
 
 	if (!recompute_horizon_known)
 	{
@@ -1278,6 +1279,18 @@ stp_slot_step(bool *stop)
 	stp_worker.offset = (int64) upto;
 	stp_worker.rows_processed += rows;
 	stp_count_rows(stp_worker.slot, rows);
+
+	/*
+	 * Each step rebuilds the catalog caches and so plans its statements
+	 * again (decode_to).  Under a steady stream of small transactions a
+	 * worker that stepped again at once would pay that for every handful
+	 * of them, on the writers' CPUs.  A step that reached the flushed WAL
+	 * (not cut at batch_size) starts the next one poll_interval after its
+	 * own start; stp_wait's wake-up starts it at once.
+	 */
+	if (rows < stp_worker.def->batch_size)
+		stp_worker.next_step_at =
+			TimestampTzPlusMilliseconds(started, stp_worker.def->poll_interval_ms);
 	return true;
 }
 

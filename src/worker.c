@@ -456,6 +456,15 @@ stp_worker_main(Datum main_arg)
 			LWLockRelease(stp_shared->lock);
 		}
 
+		if (did_work && failures == 0 && stp_worker.next_step_at != 0)
+		{
+			long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															 stp_worker.next_step_at);
+
+			stp_worker.next_step_at = 0;
+			if (ms > 0)
+				worker_sleep(ms);
+		}
 		if (!did_work && failures == 0 && stp_worker.def != NULL)
 		{
 			if (stp_worker.def->restored)

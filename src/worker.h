@@ -42,6 +42,7 @@ typedef struct StpWorker
 	int64		batch_ids;		/* ids of the next batch: grows while behind */
 	bool		failed;			/* the log said that the partition failed */
 	bool		healthy;		/* ran a step without an error */
+	TimestampTz next_step_at;	/* a slot job's next step, unless woken */
 } StpWorker;
 
 extern StpWorker stp_worker;
