@@ -140,13 +140,28 @@ def read_proc_mem(pid):
     return out
 
 
+def read_proc_cpu(pid):
+    """User plus system CPU time of a process in clock ticks, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: count after it.
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
 class MemSampler(threading.Thread):
     """Sample the memory of a changing set of processes in the background.
 
     pid_source() returns a dict label -> pid (for stp: partition -> worker
     pid); it is called on every tick, so restarted workers are seen too.
     The kernel keeps VmHWM (peak RSS) itself; RssAnon, the private memory
-    a process allocated, has no kernel peak and is sampled.
+    a process allocated, has no kernel peak and is sampled.  The CPU time
+    of each process is sampled too: a process seen in the first sample
+    (take it before the measured work starts) counts from then, one seen
+    later from its start.
     """
 
     def __init__(self, pid_source, interval=0.05):
@@ -154,6 +169,8 @@ class MemSampler(threading.Thread):
         self.pid_source = pid_source
         self.interval = interval
         self.peaks = {}          # label -> {"VmHWM": kB, "RssAnon": kB}
+        self.cpu = {}            # (label, pid) -> [ticks at first, last]
+        self._first = True
         self._halt = threading.Event()
         self.error = None
 
@@ -169,6 +186,18 @@ class MemSampler(threading.Thread):
             for key in ("VmHWM", "RssAnon"):
                 if mem.get(key) is not None:
                     peak[key] = max(peak[key], mem[key])
+            ticks = read_proc_cpu(pid)
+            if ticks is not None:
+                seen = self.cpu.setdefault(
+                    (label, pid), [ticks if self._first else 0, ticks])
+                seen[1] = ticks
+        self._first = False
+
+    def cpu_secs(self):
+        """CPU seconds of every sampled process since it was first seen
+        (or started), summed."""
+        return sum(last - first for first, last in self.cpu.values()) / \
+            float(os.sysconf("SC_CLK_TCK"))
 
     def run(self):
         try:

@@ -16,7 +16,11 @@ Every run starts from a CHECKPOINT and a fresh result table, and every
 result is checked: as many groups as the limit's, and sum(cnt) equal to
 the row count.  While a contender runs, its processes' memory is sampled
 (/proc/<pid>/status): the driver's backend for limit and V1, every
-partition worker (stp.job_status.pid) for stp.
+partition worker (stp.job_status.pid) for stp.  So is their CPU time
+(/proc/<pid>/stat, user plus system): the backend's from the start of the
+run, the workers' whole.  On a shared machine, where other tenants stretch
+wall times, the CPU time of a single-process contender is the steadier
+measure of the work it does.
 """
 
 import time
@@ -53,7 +57,8 @@ class DrainBench:
 
     def record(self, w, contender):
         return self.results.setdefault(w.name, {}).setdefault(
-            contender, {"secs": [], "mem": {}, "errors": [], "checks": []})
+            contender, {"secs": [], "cpu": [], "mem": {}, "errors": [],
+                        "checks": []})
 
     def check(self, conn, w, contender, table):
         """Compare a result table's group count and sum(cnt) with the limit's."""
@@ -79,8 +84,10 @@ class DrainBench:
                 cur[key] = max(cur[key], peak[key])
 
     def timed(self, w, contender, conn, pid_source, body):
-        """Run body() under the memory sampler (after a CHECKPOINT); keep secs."""
+        """Run body() under the memory sampler (after a CHECKPOINT); keep
+        secs, and the CPU seconds of the contender's processes."""
         sampler = MemSampler(pid_source)
+        sampler.sample()        # the CPU times before body() starts
         sampler.start()
         t0 = time.monotonic()
         try:
@@ -90,9 +97,10 @@ class DrainBench:
             peaks = sampler.stop()
         rec = self.record(w, contender)
         rec["secs"].append(secs)
+        rec["cpu"].append(sampler.cpu_secs())
         self.keep_mem(rec, peaks)
-        log("%s %-6s %7.2f s  %10.0f rows/s" % (w.name, contender, secs,
-                                                self.rows / secs))
+        log("%s %-6s %7.2f s  %10.0f rows/s  %6.2f CPU s"
+            % (w.name, contender, secs, self.rows / secs, rec["cpu"][-1]))
         return secs
 
     # --- contenders -------------------------------------------------------
@@ -235,6 +243,7 @@ class DrainBench:
                             self.run_stp(w, p, fn=fn)
             for contender, rec in self.results[w.name].items():
                 rec["secs_summary"] = summary(rec["secs"])
+                rec["cpu_summary"] = summary(rec["cpu"])
                 rec["rows_per_s"] = summary([self.rows / s for s in rec["secs"]])
                 if "first_rows_s" in rec:
                     rec["first_rows_summary"] = summary(rec["first_rows_s"])
