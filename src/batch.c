@@ -638,7 +638,10 @@ adapt_batch_size(int64 hi, long ms)
 
 	if (def->rows_mode && def->partitions > 1)
 		return;
-	if (stp_worker.batch_ids < def->batch_size || hi >= stp_worker.safe_upto)
+	/* After the worker's first batch, or a larger batch_size. */
+	if (stp_worker.batch_ids < def->batch_size)
+		stp_worker.batch_ids = def->batch_size;
+	if (hi >= stp_worker.safe_upto)
 		stp_worker.batch_ids = def->batch_size;		/* caught up */
 	else if (ms < STP_GROW_BELOW_MS)
 		stp_worker.batch_ids = Min(stp_worker.batch_ids * 2, max_ids);
