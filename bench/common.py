@@ -126,12 +126,19 @@ def pgbench_finish(proc):
     return res
 
 
+def read_proc(pid, name):
+    """The text of /proc/<pid>/<name>, or None if the process is gone."""
+    try:
+        with open("/proc/%d/%s" % (pid, name)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def read_proc_mem(pid):
     """VmHWM, VmRSS and RssAnon (kB) of a process, or None if it is gone."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            text = f.read()
-    except OSError:
+    text = read_proc(pid, "status")
+    if text is None:
         return None
     out = {}
     for key in ("VmHWM", "VmRSS", "RssAnon"):
@@ -142,10 +149,8 @@ def read_proc_mem(pid):
 
 def read_proc_cpu(pid):
     """User plus system CPU time of a process in clock ticks, or None."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            text = f.read()
-    except OSError:
+    text = read_proc(pid, "stat")
+    if text is None:
         return None
     # The command name, in parentheses, may hold spaces: count after it.
     fields = text[text.rindex(")") + 2:].split()
