@@ -866,13 +866,18 @@ stp_start_job(PG_FUNCTION_ARGS)
 
 /*
  * Stop a job's workers and wait a little for them to leave.  A worker that
- * is killed mid-batch loses only that uncommitted batch.
+ * is killed mid-batch loses only that uncommitted batch.  Until this
+ * transaction commits, the launcher still sees the job running and may
+ * start a partition's worker again; that worker is signalled at commit,
+ * since one that waits for an open writer would not look at the job's
+ * state before the writer ends.
  */
 static void
 stop_workers(int32 job_id)
 {
 	stp_signal_job_workers(MyDatabaseId, job_id, SIGTERM);
 	stp_wait_job_workers_exit(MyDatabaseId, job_id, 10000);
+	stp_stop_job_workers_at_commit(job_id);
 }
 
 /*

@@ -208,7 +208,15 @@ result_equals_batch('initial rows');
 	insert_rows(100);
 	is(stp_wait('1 s'), 'f', 'stop: the workers wait for the open writer');
 
-	$node->safe_psql('postgres', "SELECT stp_stop_job('j')");
+	# The stop's transaction stays open for a few launcher rounds.  The
+	# launcher, which sees the job running until it commits, starts the
+	# workers again, and they wait for the open writer: the commit must
+	# stop them as well.
+	my $log_offset = -s $node->logfile;
+	$node->safe_psql('postgres',
+		"BEGIN; SELECT stp_stop_job('j'); SELECT pg_sleep(2.5); COMMIT;");
+	my $restarted = () = slurp_file($node->logfile, $log_offset) =~ /stp job "j" partition \d+ started/g;
+	note("stop: $restarted workers started while the stop was not committed");
 	ok($node->poll_query_until('postgres',
 			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stp worker' "
 			  . "AND application_name LIKE 'stp job $job_id partition %'", '0'),
