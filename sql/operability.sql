@@ -20,6 +20,20 @@ END $$;
 CALL op_wait_twice();
 SELECT n FROM op_r WHERE k = 1;
 
+-- The workers report the table statistics of their writes, as backends
+-- do: autovacuum learns of the result table's updates only from them.
+DO $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN (SELECT n_tup_ins = 3 AND n_tup_upd > 0 FROM pg_stat_user_tables
+                   WHERE relid = 'op_r'::regclass);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT n_tup_ins AS groups_inserted, n_tup_upd > 0 AS updated, n_tup_hot_upd > 0 AS hot
+FROM pg_stat_user_tables WHERE relid = 'op_r'::regclass;
+
 -- Refused inside a transaction block, and with bad arguments.
 BEGIN;
 CALL stp_await('op_job');

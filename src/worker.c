@@ -447,6 +447,14 @@ stp_worker_main(Datum main_arg)
 		if (stop)
 			proc_exit(0);
 
+		/*
+		 * Report the table statistics of what the step wrote, as a backend
+		 * does when it goes idle: autovacuum vacuums and analyzes the result
+		 * table on them.  A busy worker reports at most once a second; an
+		 * idle one at once.
+		 */
+		(void) pgstat_report_stat(!did_work);
+
 		if (!stp_worker.healthy && stp_worker.def != NULL && failures == 0)
 		{
 			/* A worker that got this far is not crash-looping. */
