@@ -179,7 +179,10 @@ SELECT stp_wait('plain_counts');
 SELECT state, last_error FROM stp.job_status WHERE job_name = 'plain_counts';
 
 -- A column type that changes under a running job fails it, whether the
--- job decodes rows written after the change or before it.
+-- job decodes rows written after the change or before it.  alt_warm steps
+-- only when stp_wait wakes it: it decodes the rows from before and after
+-- the change in one step, with the catalog caches of its last step, which
+-- saw the old types.
 CREATE TABLE alt (id int PRIMARY KEY, k int, x int);
 ALTER TABLE alt REPLICA IDENTITY FULL;
 INSERT INTO alt VALUES (1, 1, 10);
@@ -187,7 +190,9 @@ SELECT stp_start_job('alt_live', 'SELECT k, sum(x) AS s FROM alt GROUP BY k', 'a
                      source => 'slot') > 0 AS started;
 SELECT stp_start_job('alt_lag', 'SELECT k, count(*) AS n FROM alt GROUP BY k', 'alt_lag',
                      source => 'slot') > 0 AS started;
-SELECT stp_wait('alt_live'), stp_wait('alt_lag');
+SELECT stp_start_job('alt_warm', 'SELECT k, count(*) AS n FROM alt GROUP BY k', 'alt_warm',
+                     source => 'slot', poll_interval => '1 hour') > 0 AS started;
+SELECT stp_wait('alt_live'), stp_wait('alt_lag'), stp_wait('alt_warm');
 SELECT stp_stop_job('alt_lag');
 INSERT INTO alt VALUES (2, 1, 20);
 SELECT stp_wait('alt_live');
@@ -196,10 +201,12 @@ INSERT INTO alt VALUES (3, 1, 30);
 SELECT stp_resume_job('alt_lag');
 SELECT stp_wait('alt_live');
 SELECT stp_wait('alt_lag');
+SELECT stp_wait('alt_warm');
 SELECT job_name, state, last_error FROM stp.job_status WHERE job_name LIKE 'alt%' ORDER BY 1;
 SELECT * FROM alt_live;
 SELECT stp_drop_job('alt_live', drop_result => true);
 SELECT stp_drop_job('alt_lag', drop_result => true);
+SELECT stp_drop_job('alt_warm', drop_result => true);
 
 -- Routing in the plugin's change callback: with group keys that are plain
 -- columns (numeric, hashed by its hash function: 1.0 and 1.00 are one
@@ -271,6 +278,56 @@ SELECT stp_drop_job('dbl_sums', drop_result => true);
 DROP PROCEDURE dbl_writes;
 DROP VIEW dbl_batch;
 DROP TABLE dbl;
+
+-- Catalog changes while a slot job runs.  Its worker keeps its catalog
+-- caches from one step to the next while no catalog change can lie
+-- between decoding and its own statements, and drops them otherwise.
+-- Columns are added to and dropped from the source, alone and in
+-- transactions that also write rows; other tables are created in
+-- transactions that write rows.  Each row must decode with the columns it
+-- was written with, and the result must equal the batch query.
+CREATE TABLE ddl_src (id int PRIMARY KEY, k int, v int);
+ALTER TABLE ddl_src REPLICA IDENTITY FULL;
+CREATE VIEW ddl_batch AS
+SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi FROM ddl_src GROUP BY k;
+SELECT stp_start_job('ddl_sums', 'SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi FROM ddl_src GROUP BY k',
+                     'ddl_sums', source => 'slot') > 0 AS started;
+CREATE PROCEDURE ddl_writes(n int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. n LOOP
+        INSERT INTO ddl_src VALUES (4 * i, i % 5, i);
+        COMMIT;
+        EXECUTE format('ALTER TABLE ddl_src ADD COLUMN c%s text DEFAULT %L', i, repeat('x', i));
+        INSERT INTO ddl_src (id, k, v) VALUES (4 * i + 1, i % 5, 2 * i);
+        COMMIT;
+        UPDATE ddl_src SET v = v + 1 WHERE id = 4 * i;
+        EXECUTE format('CREATE TABLE ddl_other%s (x int)', i);
+        INSERT INTO ddl_src (id, k, v) VALUES (4 * i + 2, (i + 1) % 5, 3 * i);
+        COMMIT;
+        IF i % 2 = 0 THEN
+            EXECUTE format('ALTER TABLE ddl_src DROP COLUMN c%s', i - 1);
+            DELETE FROM ddl_src WHERE id = 4 * (i - 1) + 1;
+            COMMIT;
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END $$;
+CALL ddl_writes(40);
+SELECT stp_wait('ddl_sums');
+SELECT state <> 'failed' AS healthy, last_error FROM stp.job_status WHERE job_name = 'ddl_sums';
+(SELECT * FROM ddl_sums EXCEPT SELECT * FROM ddl_batch)
+UNION ALL (SELECT * FROM ddl_batch EXCEPT SELECT * FROM ddl_sums);
+SELECT count(*) AS groups, sum(n) AS n FROM ddl_sums;
+SELECT stp_drop_job('ddl_sums', drop_result => true);
+DO $$
+BEGIN
+    FOR i IN 1 .. 40 LOOP
+        EXECUTE format('DROP TABLE ddl_other%s', i);
+    END LOOP;
+END $$;
+DROP PROCEDURE ddl_writes;
+DROP VIEW ddl_batch;
+DROP TABLE ddl_src;
 
 -- Dropping the jobs drops their slots.
 SELECT stp_drop_job('plain_counts', drop_result => true);

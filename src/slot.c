@@ -105,6 +105,7 @@
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "storage/sinval.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -179,6 +180,17 @@ static bool quiet_decoding = false;
 static LogicalDecodingContext *decoding = NULL;
 
 /*
+ * Whether the catalog caches may be kept across the switch between
+ * decoding (under historic snapshots) and the step's statements (under
+ * the current catalogs): see decode_to.  caches_agree_at is the count of
+ * shared invalidation messages this process had received when they last
+ * agreed.
+ */
+static bool caches_agree = false;
+static uint64 caches_agree_at = 0;
+static bool decoded_catalog_changes = false;
+
+/*
  * No transaction that a recomputation's snapshot saw ends after this WAL
  * position: it is read after each recomputing batch statement, and, since
  * an earlier process may have recomputed, at the worker's first step.  A
@@ -232,11 +244,15 @@ plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 }
 
 /*
- * Nothing happens at a commit: its changes were kept as they came.
+ * A commit's changes were kept as they came.  A transaction that changed
+ * the catalogs is noted: the caches that decoding filled no longer match
+ * the catalogs as the step's own statements see them (decode_to).
  */
 static void
 plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
 {
+	if (rbtxn_has_catalog_changes(txn))
+		decoded_catalog_changes = true;
 }
 
 /*
@@ -645,6 +661,7 @@ decoding_end(bool clean)
 		}
 		decoding = NULL;
 	}
+	caches_agree = false;
 	if (MyReplicationSlot != NULL)
 		ReplicationSlotRelease();
 }
@@ -1001,8 +1018,39 @@ static void
 decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 		  ResourceOwner owner, MemoryContext caller_ctx)
 {
+	bool		caches_reset = false;
+
 	quiet_decoding_start();
-	InvalidateSystemCaches();
+
+	/*
+	 * As pg_logical_slot_get_changes does, decoding starts and ends with
+	 * empty catalog caches: an entry built under the current catalogs may
+	 * be newer than the WAL being decoded, and one built under a historic
+	 * snapshot older than the catalogs.  Emptying them costs the step its
+	 * plans and relation descriptors, and under a steady stream of small
+	 * transactions that is most of its work, so they are kept when no
+	 * catalog change can lie between the two:
+	 *
+	 * - this process received no invalidation message since the caches
+	 *   last agreed (at the end of the previous decoding).  A catalog
+	 *   change that commits sends its messages after its commit record;
+	 *   one the process has not received yet invalidates, when it is,
+	 *   whatever entries it touches.  A change to the source itself needs
+	 *   an AccessExclusiveLock, so it commits between two steps and its
+	 *   messages are received when the step locks the source, before it
+	 *   decodes;
+	 * - no decoded transaction changed the catalogs (plugin_commit): the
+	 *   reorder buffer applies its invalidations at its place in the WAL,
+	 *   but the entries built before it served the statements before.
+	 */
+	InvalidateCatalogSnapshot();
+	if (!caches_agree || SharedInvalidMessageCounter != caches_agree_at)
+	{
+		InvalidateSystemCaches();
+		caches_reset = true;
+	}
+	caches_agree = false;
+	decoded_catalog_changes = false;
 	while (ctx->reader->EndRecPtr < end)
 	{
 		XLogRecord *record;
@@ -1026,7 +1074,12 @@ decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 		CHECK_FOR_INTERRUPTS();
 	}
 	CurrentResourceOwner = owner;
-	InvalidateSystemCaches();
+	InvalidateCatalogSnapshot();
+	if (caches_reset || decoded_catalog_changes ||
+		SharedInvalidMessageCounter != caches_agree_at)
+		InvalidateSystemCaches();
+	caches_agree = true;
+	caches_agree_at = SharedInvalidMessageCounter;
 	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
 }
