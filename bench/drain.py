@@ -5,6 +5,11 @@ workload's GROUP BY result, timed from start to finish:
 
   limit  one batch GROUP BY over the whole table (CREATE TABLE AS), one
          process, no parallel query: the single-threaded ceiling;
+  limitN on a hash-partitioned source, for each N > 1 of --partitions:
+         N backends at once, each running the same CREATE TABLE AS over
+         every N-th leaf.  limitN / limit is what N processes doing the
+         same split of the work gain on this machine, the ceiling for
+         stpN / stp1 in mode leaves;
   V1     plain-SQL incremental rollup: a PL/pgSQL procedure that upserts
          one id range of batch_size rows at a time, committing each batch
          together with its offset (synchronous_commit = off);
@@ -23,9 +28,11 @@ wall times, the CPU time of a single-process contender is the steadier
 measure of the work it does.
 """
 
+import threading
 import time
 
 from common import MemSampler, connect, log, q, q1, summary
+from workloads import HASH_LEAVES
 
 
 class DrainBench:
@@ -114,6 +121,42 @@ class DrainBench:
         self.check(conn, w, "limit", "bench_limit")
         q(conn, "DROP TABLE bench_limit")
         conn.close()
+
+    def run_limit_split(self, w, n):
+        """limitN: n backends at once, backend i running the limit's query
+        over the leaves k with k % n == i of a hash-partitioned source."""
+        contender = "limit%d" % n
+        conns = [connect(max_parallel_workers_per_gather=0) for _ in range(n)]
+        pids = {"backend%d" % i: c.get_backend_pid() for i, c in enumerate(conns)}
+        for i, c in enumerate(conns):
+            q(c, "DROP TABLE IF EXISTS bench_limit_%d" % i)
+        q(conns[0], "CHECKPOINT")
+        errors = []
+
+        def one(i):
+            src = " UNION ALL ".join("SELECT * FROM %s_%d" % (w.table, k)
+                                     for k in range(HASH_LEAVES) if k % n == i)
+            try:
+                q(conns[i], "CREATE TABLE bench_limit_%d AS %s" % (
+                    i, w.query(table="(%s) AS %s" % (src, w.table))))
+            except Exception as e:      # reported after the join
+                errors.append(e)
+
+        def body():
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+
+        self.timed(w, contender, conns[0], lambda: pids, body)
+        self.check(conns[0], w, contender, "(%s) AS parts" % " UNION ALL ".join(
+            "SELECT * FROM bench_limit_%d" % i for i in range(n)))
+        for i, c in enumerate(conns):
+            q(c, "DROP TABLE bench_limit_%d" % i)
+            c.close()
 
     def run_v1(self, w):
         conn = connect(synchronous_commit="off",
@@ -234,6 +277,10 @@ class DrainBench:
                 % (w.name, ", ".join(self.contenders()), self.runs, self.batch))
             for run in range(self.runs):
                 self.run_limit(w)
+                if w.table.endswith("_h"):
+                    for p in self.partitions:
+                        if p > 1:
+                            self.run_limit_split(w, p)
                 self.run_v1(w)
                 if self.stp_ok:
                     for p in self.partitions:

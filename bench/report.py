@@ -76,6 +76,10 @@ def drain_section(res):
            "Rows per second over the preloaded backlog (%s rows), "
            "min / **median** / max of %d run(s).  *limit*: one batch "
            "`CREATE TABLE AS SELECT ... GROUP BY`, no parallel query.  "
+           "*limitN* (hash-partitioned sources): N backends at once, "
+           "each running the limit's query over every N-th leaf; "
+           "limitN/limit is what N processes gain here on the same split "
+           "of the work, the ceiling for stpN/stp1 there.  "
            "*V1*: PL/pgSQL loop of `INSERT ... ON CONFLICT DO UPDATE` per "
            "id range of %s rows, COMMIT per batch with its offset, "
            "synchronous_commit=off.  *stpN*: `stp_start_job(partitions => N)`"
@@ -116,6 +120,10 @@ def drain_section(res):
         if plain:
             pn.append("stp1/stp1 of %s %s" % (wname[:-1].upper(), ratio(
                 g.get("stp1"), (plain.get("stp1") or {}).get("rows_per_s"))))
+        # What N plain backends gain on the same split of the leaves.
+        pn += ["limit%d/limit %s" % (p, ratio(g.get("limit%d" % p),
+                                              g.get("limit")))
+               for p in res["partitions"] if g.get("limit%d" % p)]
         r1 = ratio(g.get("stp1"), g.get("V1"))
         canary = "-" if r1 == "-" else ("pass" if float(r1) >= 1.0
                                         else "FAIL")
