@@ -189,6 +189,7 @@ static LogicalDecodingContext *decoding = NULL;
 static bool caches_agree = false;
 static uint64 caches_agree_at = 0;
 static bool decoded_catalog_changes = false;
+static bool in_decode = false;	/* between decode_to's start and end */
 
 /*
  * No transaction that a recomputation's snapshot saw ends after this WAL
@@ -677,6 +678,17 @@ stp_slot_abort(void)
 	quiet_decoding = false;
 	decoding_end(false);
 	decoded_reset();
+	if (in_decode)
+	{
+		/*
+		 * The error came while decoding: entries built under a historic
+		 * snapshot must not serve the statements that record it.
+		 */
+		in_decode = false;
+		StartTransactionCommand();
+		InvalidateSystemCaches();
+		CommitTransactionCommand();
+	}
 }
 
 /*
@@ -1051,6 +1063,7 @@ decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 	}
 	caches_agree = false;
 	decoded_catalog_changes = false;
+	in_decode = true;
 	while (ctx->reader->EndRecPtr < end)
 	{
 		XLogRecord *record;
@@ -1080,6 +1093,7 @@ decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 		InvalidateSystemCaches();
 	caches_agree = true;
 	caches_agree_at = SharedInvalidMessageCounter;
+	in_decode = false;
 	quiet_decoding = false;
 	MemoryContextSwitchTo(caller_ctx);
 }

@@ -229,6 +229,30 @@ ok( $node->safe_psql(
 		"SELECT sum(spill_txns) > 0 FROM pg_stat_replication_slots WHERE slot_name LIKE 'stp\\_%'") eq 't',
 	'the large transaction was spilled to disk');
 
+# ---- query cancels of running workers under writers ----
+# A cancel is an error in the step it lands in (while the worker decodes,
+# waits or merges): the step is rolled back and done again after the
+# backoff, with nothing counted twice or lost.  A worker that is cancelled
+# while it sleeps exits, and the launcher starts it again.
+$log_offset = -s $node->logfile;
+start_writers(2);
+my $cancels = 0;
+for my $i (1 .. 16)
+{
+	usleep(500_000);
+	$cancels += $node->safe_psql('postgres',
+		"WITH w AS MATERIALIZED (SELECT pid FROM stp.job_status WHERE job_name IN ('j1', 'j3') "
+		  . "AND state IN ('running', 'idle')) SELECT count(*) FROM w WHERE pg_cancel_backend(pid)");
+}
+stop_writers();
+note "cancels sent: $cancels";
+ok($cancels > 0, 'running workers were cancelled');
+check_jobs('after query cancels under writers');
+is($node->safe_psql('postgres', "SELECT count(*) FROM stp.job_status WHERE state = 'failed'"),
+	'0', 'no partition failed from the cancels');
+like(slurp_file($node->logfile, $log_offset), qr/canceling statement due to user request/,
+	'the cancels reached the workers');
+
 # ---- a prepared transaction counts at COMMIT PREPARED ----
 $node->append_conf('postgresql.conf', 'max_prepared_transactions = 5');
 $node->restart;
