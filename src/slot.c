@@ -1348,12 +1348,14 @@ stp_slot_step(bool *stop)
 	stp_count_rows(stp_worker.slot, rows);
 
 	/*
-	 * Each step rebuilds the catalog caches and so plans its statements
-	 * again (decode_to).  Under a steady stream of small transactions a
-	 * worker that stepped again at once would pay that for every handful
-	 * of them, on the writers' CPUs.  A step that reached the flushed WAL
-	 * (not cut at batch_size) starts the next one poll_interval after its
-	 * own start; stp_wait's wake-up starts it at once.
+	 * Each step has a fixed cost (its transaction, the flush, the progress
+	 * row, and its plans again whenever the catalog caches were emptied),
+	 * and merges about one group per transaction it decoded.  Under a
+	 * steady stream of small transactions a worker that stepped again at
+	 * once would pay that for every handful of them, on the writers' CPUs.
+	 * A step that reached the flushed WAL (not cut at batch_size) starts
+	 * the next one poll_interval after its own start; stp_wait's wake-up
+	 * starts it at once.
 	 */
 	if (rows < stp_worker.def->batch_size)
 		stp_worker.next_step_at =
