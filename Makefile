@@ -35,7 +35,7 @@ PGFILEDESC = "stp - parallel streaming aggregation"
 REGRESS = setup security volatility collations functions aggregates nulls windows partitions errors faults hardening shapes operability distinct distinct_chunks leaves resize hop sketches slot rows combine route
 REGRESS_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check --load-extension=stp
 
-ISOLATION = out_of_order blocked
+ISOLATION = out_of_order blocked table_lock
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/stp.conf --temp-instance=./tmp_check_iso --load-extension=stp
 
 TAP_TESTS = 1

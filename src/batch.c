@@ -294,16 +294,45 @@ prepare_batch_plan(StpJobDef *def)
  * prepared again with its new name.  With the locks held no rename can
  * commit before the batch does, and a job never switches to another table
  * that took the old name.
+ *
+ * With nowait (the caller holds its progress row), a table whose lock is
+ * not free at once is not waited for: its OID goes to *busy and the
+ * function returns false, and the caller lets go of the row before it
+ * waits (stp_wait_for_table).  DDL on a job's table holds its
+ * AccessExclusiveLock while it fails the job in the same transaction,
+ * which updates the job's progress rows: a worker that waited for the
+ * table while it held its row would deadlock with it.
  */
-static void
-guard_tables(void)
+static bool
+lock_table(Oid relid, bool nowait, Oid *busy)
+{
+	if (!nowait)
+	{
+		LockRelationOid(relid, AccessShareLock);
+		return true;
+	}
+	if (ConditionalLockRelationOid(relid, AccessShareLock))
+		return true;
+	*busy = relid;
+	return false;
+}
+
+static bool
+guard_tables(bool nowait, Oid *busy)
 {
 	StpJobDef  *def = stp_worker.def;
 	char	   *reason;
 	ListCell   *lc;
 
-	LockRelationOid(def->source, AccessShareLock);
-	LockRelationOid(def->result, AccessShareLock);
+	if (!lock_table(def->source, nowait, busy) ||
+		!lock_table(def->result, nowait, busy))
+		return false;
+	/* The leaves the batch reads: TRUNCATE of a leaf locks only the leaf. */
+	foreach(lc, stp_leaves_to_wait(def, stp_worker.args.partition))
+	{
+		if (!lock_table(lfirst_oid(lc), nowait, busy))
+			return false;
+	}
 	reason = stp_check_job_tables(def, Max(stp_worker.offset, stp_worker.safe_upto));
 	if (reason)
 		ereport(ERROR,
@@ -328,20 +357,37 @@ guard_tables(void)
 					 errdetail("The job keeps the values of column \"%s\" in it.",
 							   (char *) list_nth(def->agg_names, agg)),
 					 errhint("Drop the job and create it again.")));
-		LockRelationOid(side, AccessShareLock);
+		if (!lock_table(side, nowait, busy))
+			return false;
 	}
 	if (strcmp(stp_source_names(def, stp_worker.args.partition), stp_worker.source_name) != 0 ||
 		strcmp(stp_qualified_relname(def->result), stp_worker.result_name) != 0)
 		prepare_batch_plan(def);
+	return true;
 }
 
 /*
- * guard_tables and check_job_relations, for a slot job's step (slot.c).
+ * guard_tables, for a slot job's step (slot.c).
+ */
+bool
+stp_guard_tables(bool nowait, Oid *busy)
+{
+	return guard_tables(nowait, busy);
+}
+
+/*
+ * Wait, in a transaction of its own, until a table whose lock guard_tables
+ * did not get at once is free: the caller has let go of its progress row,
+ * and steps again after this.
  */
 void
-stp_guard_tables(void)
+stp_wait_for_table(Oid relid)
 {
-	guard_tables();
+	pgstat_report_activity(STATE_RUNNING, "stp: waiting for a lock on a table of the job");
+	StartTransactionCommand();
+	LockRelationOid(relid, AccessShareLock);
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 void
@@ -666,6 +712,7 @@ stp_worker_step(bool *stop)
 	bool		isnull;
 	int			ret;
 	int			nestlevel;
+	Oid			busy = InvalidOid;
 	MemoryContext caller_ctx = CurrentMemoryContext;
 
 	/* stp_alter_job changed the job: load it again. */
@@ -747,7 +794,7 @@ stp_worker_step(bool *stop)
 	if (upto <= stp_worker.offset)
 	{
 		/* Caught up: still check the tables, so that a change shows now. */
-		guard_tables();
+		(void) guard_tables(false, NULL);
 		stp_worker.slot->caught_up_at = GetCurrentTimestamp();
 		SPI_finish();
 		AtEOXact_GUC(true, nestlevel);
@@ -837,9 +884,19 @@ stp_worker_step(bool *stop)
 	/*
 	 * Only now, holding the progress row, lock and check the tables: a
 	 * stp_drop_job that holds the job's rows and waits to drop the result
-	 * table then never waits for this worker while it waits for them.
+	 * table then never waits for this worker while it waits for them.  A
+	 * table lock that is not free at once is waited for without the row
+	 * (guard_tables), and the step starts again.
 	 */
-	guard_tables();
+	if (!guard_tables(true, &busy))
+	{
+		PopActiveSnapshot();
+		SPI_finish();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_ctx);
+		stp_wait_for_table(busy);
+		return true;
+	}
 
 	/*
 	 * In row mode the range may hold nothing of this partition's own, and

@@ -838,7 +838,7 @@ create_slot(const char *name, bool *stop)
 		*stop = true;
 		return false;
 	}
-	stp_guard_tables();
+	(void) stp_guard_tables(false, NULL);
 	pgstat_report_activity(STATE_RUNNING, "stp: building the partition's groups");
 	groups = rebuild_groups();
 	if (stp_worker.recheck)
@@ -1121,6 +1121,7 @@ stp_slot_step(bool *stop)
 	XLogRecPtr	horizon = InvalidXLogRecPtr;
 	Datum		values[2] = {Int64GetDatum(0), Int64GetDatum(0)};
 	int			ret;
+	Oid			busy = InvalidOid;
 	TimestampTz started = GetCurrentTimestamp();
 
 	if (!recompute_horizon_known)
@@ -1298,7 +1299,21 @@ stp_slot_step(bool *stop)
 		*stop = true;
 		return false;
 	}
-	stp_guard_tables();
+	if (!stp_guard_tables(true, &busy))
+	{
+		/*
+		 * A table lock that is not free at once is waited for without the
+		 * progress row (see guard_tables); the step decodes again.
+		 */
+		PopActiveSnapshot();
+		SPI_finish();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_ctx);
+		decoding_end(false);
+		decoded_reset();
+		stp_wait_for_table(busy);
+		return true;
+	}
 
 	pgstat_report_activity(STATE_RUNNING, "stp: batch");
 	if (decoded->truncated)

@@ -54,7 +54,8 @@ extern void stp_set_slot_state(StpWorkerState state);
 /* batch.c */
 extern bool stp_worker_setup(void);
 extern bool stp_worker_step(bool *stop);
-extern void stp_guard_tables(void);
+extern bool stp_guard_tables(bool nowait, Oid *busy);
+extern void stp_wait_for_table(Oid relid);
 extern void stp_check_job_relations(void);
 
 /* slot.c */
