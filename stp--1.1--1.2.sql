@@ -2,6 +2,24 @@
 
 \echo Use "ALTER EXTENSION stp UPDATE TO '1.2'" to load this file. \quit
 
+-- Running workers lock stp.partitions and stp.jobs in their steps, in
+-- either order.  An update that took one table's ACCESS EXCLUSIVE lock and
+-- then waited for the other could deadlock with a worker that holds the
+-- other and waits for the first.  So the update takes both at once, and
+-- only when both are free, before it changes either; each worker then
+-- waits for it at its first look at the catalog.
+DO $$
+BEGIN
+    LOOP
+        BEGIN
+            LOCK TABLE stp.jobs, stp.partitions IN ACCESS EXCLUSIVE MODE NOWAIT;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM pg_catalog.pg_sleep(0.01);
+        END;
+    END LOOP;
+END $$;
+
 -- ==== partitioned sources read leaf by leaf, and resizing a running job ====
 
 -- The partitions of a source partitioned BY HASH on group keys, in the
