@@ -1099,6 +1099,22 @@ decode_to(LogicalDecodingContext *ctx, XLogRecPtr end, bool limited,
 }
 
 /*
+ * Roll back a step that decoded but applies nothing, with its snapshot
+ * and SPI connection: the slot is not confirmed, so a new decoding context
+ * decodes the same transactions again.
+ */
+static void
+abandon_step(MemoryContext caller_ctx)
+{
+	PopActiveSnapshot();
+	SPI_finish();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(caller_ctx);
+	decoding_end(false);
+	decoded_reset();
+}
+
+/*
  * One step of a slot job's partition: decode the WAL from the slot up to
  * the flushed position (or batch_size rows), then apply the touched groups
  * and the position in one transaction, and confirm the slot after it
@@ -1290,12 +1306,7 @@ stp_slot_step(bool *stop)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (!lock_progress())
 	{
-		PopActiveSnapshot();
-		SPI_finish();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(caller_ctx);
-		decoding_end(false);
-		decoded_reset();
+		abandon_step(caller_ctx);
 		*stop = true;
 		return false;
 	}
@@ -1305,12 +1316,7 @@ stp_slot_step(bool *stop)
 		 * A table lock that is not free at once is waited for without the
 		 * progress row (see guard_tables); the step decodes again.
 		 */
-		PopActiveSnapshot();
-		SPI_finish();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(caller_ctx);
-		decoding_end(false);
-		decoded_reset();
+		abandon_step(caller_ctx);
 		stp_wait_for_table(busy);
 		return true;
 	}
