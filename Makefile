@@ -45,6 +45,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Every object is rebuilt when a header changes (PGXS tracks no headers).
+$(OBJS): $(wildcard src/*.h)
+
 # A server that only loads trusted output plugins (a setting that this
 # machine's PostgreSQL build has and upstream's has not) must trust stp's,
 # which the slot jobs' workers decode with.

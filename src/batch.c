@@ -670,29 +670,44 @@ next_batch_range(int64 *lo, int64 *hi, int64 *upto)
  * partition far behind merges each of its groups once per batch, so
  * larger batches merge less: W3 (2M keys) spends most of its time
  * merging.  The batch grows only while batches take less than
- * STP_GROW_BELOW_MS, so that a batch keeps a time bound; memory stays bounded by work_mem, past which
- * the aggregation and the sort before the merge spill to disk.  Row mode
- * keeps its ranges, batch_size / N ids wide: they are what the partitions'
- * progress is counted in, and they give every partition work while the
- * backlog lasts.
+ * STP_GROW_BELOW_MS, so that a batch keeps a time bound, and only while
+ * growing makes it merge fewer groups per row (STP_GROW_MIN_GAIN); memory
+ * stays bounded by work_mem, past which the aggregation and the sort
+ * before the merge spill to disk.  Row mode keeps its ranges, batch_size /
+ * N ids wide: they are what the partitions' progress is counted in, and
+ * they give every partition work while the backlog lasts.  The last batch
+ * aggregated rows rows into groups groups.
  */
 static void
-adapt_batch_size(int64 hi, long ms)
+adapt_batch_size(int64 hi, long ms, int64 rows, int64 groups)
 {
 	StpJobDef  *def = stp_worker.def;
 	int64		max_ids = def->batch_size * STP_GROW_MAX_FACTOR;
+	int64		last = Max(stp_worker.batch_ids, def->batch_size);
+	double		density = rows > 0 ? (double) groups / rows : 0;
 
 	if (def->rows_mode && def->partitions > 1)
 		return;
-	/* After the worker's first batch, or a larger batch_size. */
-	if (stp_worker.batch_ids < def->batch_size)
-		stp_worker.batch_ids = def->batch_size;
+	stp_worker.batch_ids = last;
 	if (hi >= stp_worker.safe_upto)
-		stp_worker.batch_ids = def->batch_size;		/* caught up */
-	else if (ms < STP_GROW_BELOW_MS)
-		stp_worker.batch_ids = Min(stp_worker.batch_ids * 2, max_ids);
+	{
+		/* Caught up. */
+		stp_worker.batch_ids = def->batch_size;
+		stp_worker.batch_held = false;
+	}
+	else if (stp_worker.batch_grew && stp_worker.batch_density > 0 &&
+			 density > STP_GROW_MIN_GAIN * stp_worker.batch_density)
+	{
+		/* The larger batch merged as many groups per row: it saved nothing. */
+		stp_worker.batch_ids = Max(last / 2, def->batch_size);
+		stp_worker.batch_held = true;
+	}
+	else if (ms < STP_GROW_BELOW_MS && !stp_worker.batch_held)
+		stp_worker.batch_ids = Min(last * 2, max_ids);
 	else if (ms > 2 * STP_GROW_BELOW_MS)
-		stp_worker.batch_ids = Max(stp_worker.batch_ids / 2, def->batch_size);
+		stp_worker.batch_ids = Max(last / 2, def->batch_size);
+	stp_worker.batch_grew = stp_worker.batch_ids > last;
+	stp_worker.batch_density = density;
 }
 
 /*
@@ -706,6 +721,7 @@ stp_worker_step(bool *stop)
 				hi,
 				upto;
 	int64		rows = 0;
+	int64		groups = 0;
 	TimestampTz started;
 	ListCell   *lc;
 	Datum		values[4];
@@ -912,6 +928,8 @@ stp_worker_step(bool *stop)
 			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
 		rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
+		groups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 2, &isnull));
 
 		/*
 		 * The distinct counts, after the batch made their groups.  Their
@@ -969,9 +987,9 @@ stp_worker_step(bool *stop)
 		long		ms = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
 
 		elog(DEBUG1, "stp job %d partition %d: ids (" INT64_FORMAT ", " INT64_FORMAT "], "
-			 INT64_FORMAT " rows in %ld ms",
-			 stp_worker.args.job_id, stp_worker.args.partition, lo, hi, rows, ms);
-		adapt_batch_size(hi, ms);
+			 INT64_FORMAT " rows, " INT64_FORMAT " groups in %ld ms",
+			 stp_worker.args.job_id, stp_worker.args.partition, lo, hi, rows, groups, ms);
+		adapt_batch_size(hi, ms, rows, groups);
 	}
 	stp_worker.offset = upto;
 	stp_worker.rows_processed += rows;

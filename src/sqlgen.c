@@ -608,8 +608,9 @@ stp_sample_sql(StpJobDef *def)
 
 /*
  * Build the batch statement of one partition.  $1 and $2 bound the
- * order-column range (exclusive, inclusive).  The text assumes a
- * search_path of pg_catalog only.
+ * order-column range (exclusive, inclusive).  It returns the source rows
+ * it aggregated and the groups it merged.  The text assumes a search_path
+ * of pg_catalog only.
  */
 char *
 stp_batch_sql(StpJobDef *def, int32 partition)
@@ -788,10 +789,11 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 		appendStringInfoString(&buf, lnext(def->agg_names, lc) ? ", " : "");
 	}
 	if (count_star_position(def) >= 0)
-		appendStringInfo(&buf, ") SELECT COALESCE(pg_catalog.sum(a%d), 0)::pg_catalog.int8 FROM a",
-						 count_star_position(def));
+		appendStringInfo(&buf, ") SELECT COALESCE(pg_catalog.sum(a%d), 0)::pg_catalog.int8, "
+						 "pg_catalog.count(*) FROM a", count_star_position(def));
 	else
-		appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8 FROM a");
+		appendStringInfoString(&buf, ") SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8, "
+							   "pg_catalog.count(*) FROM a");
 	return buf.data;
 }
 

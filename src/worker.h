@@ -40,6 +40,9 @@ typedef struct StpWorker
 	int64		safe_upto;		/* every id <= this has settled */
 	int64		rows_processed;
 	int64		batch_ids;		/* ids of the next batch: grows while behind */
+	double		batch_density;	/* groups per row of the last batch, or 0 */
+	bool		batch_grew;		/* the next batch is larger than the last */
+	bool		batch_held;		/* growing saved no merge: grow no more */
 	bool		failed;			/* the log said that the partition failed */
 	bool		healthy;		/* ran a step without an error */
 	TimestampTz next_step_at;	/* a slot job's next step, unless woken */
