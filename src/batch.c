@@ -675,8 +675,9 @@ next_batch_range(int64 *lo, int64 *hi, int64 *upto)
  * stays bounded by work_mem, past which the aggregation and the sort
  * before the merge spill to disk.  Row mode keeps its ranges, batch_size /
  * N ids wide: they are what the partitions' progress is counted in, and
- * they give every partition work while the backlog lasts.  The last batch
- * aggregated rows rows into groups groups.
+ * they give every partition work while the backlog lasts.  rows and
+ * groups are the source rows the last batch aggregated and the groups it
+ * merged.
  */
 static void
 adapt_batch_size(int64 hi, long ms, int64 rows, int64 groups)
