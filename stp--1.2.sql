@@ -367,6 +367,14 @@ RETURNS SETOF anyelement
 AS 'MODULE_PATHNAME', 'stp_slot_changes'
 LANGUAGE C VOLATILE;
 
+-- The same, old rows only (of UPDATEs and DELETEs) when old is true, new
+-- rows only when it is false: a retracting merge adds the ones and
+-- subtracts the others.
+CREATE FUNCTION stp.slot_changes(anyelement, old boolean)
+RETURNS SETOF anyelement
+AS 'MODULE_PATHNAME', 'stp_slot_changes'
+LANGUAGE C VOLATILE;
+
 -- stp.job_status of 1.2: mode ('leaves' or 'route') and the leaves each
 -- partition reads; state 'resizing' for a partition that waits at the
 -- cut of a resize; and two columns for slot jobs (NULL for table jobs):

@@ -288,13 +288,16 @@ def slot_section(res):
                "transactions: %s inserts, then %s updates and %s deletes "
                "(%s bytes of WAL, written in %.1f s).  Each contender then "
                "decoded that WAL in turn: the SQL functions in one call, "
-               "the stp slot jobs (`%s`) from `stp_resume_job` until `CALL "
-               "stp_await` returned, their result checked against the "
-               "batch query." % (fnum(sl["changes"]), fnum(sl["inserts"]),
-                                 fnum(sl["inserts"] // 5),
-                                 fnum(sl["inserts"] // 10),
-                                 fnum(sl["wal_bytes"]), sl["write_s"],
-                                 "SELECT key, count(*), sum(v) GROUP BY key"))
+               "the stp slot jobs (`%s`, `v` an integer, so the job "
+               "retracts old rows; and the same over `w`, a numeric copy "
+               "of `v`, whose job computes the touched groups again) from "
+               "`stp_resume_job` until `CALL stp_await` returned, their "
+               "result checked against the batch query."
+               % (fnum(sl["changes"]), fnum(sl["inserts"]),
+                  fnum(sl["inserts"] // 5),
+                  fnum(sl["inserts"] // 10),
+                  fnum(sl["wal_bytes"]), sl["write_s"],
+                  "SELECT key, count(*), sum(v) GROUP BY key"))
     out.append("")
     base = next((r["per_s"] for r in sl["rows"]
                  if r["who"].startswith("test_decoding")), None)

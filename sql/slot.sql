@@ -279,6 +279,95 @@ DROP PROCEDURE dbl_writes;
 DROP VIEW dbl_batch;
 DROP TABLE dbl;
 
+-- A job whose aggregates are counts, and sums and averages of integers,
+-- takes an old row back by subtracting it, and does not read the touched
+-- groups from the source.  Its result keeps each sum's count
+-- of values (_stp_<name>_count) and, without count(*), each group's row
+-- count (_stp_rows).  A sum whose last value is deleted or set to NULL
+-- becomes NULL; a group whose last row goes leaves the result, NULL keys
+-- included; FILTER applies to old rows as to new ones.  Float and numeric
+-- sums cannot be subtracted exactly (a numeric sum shows the largest scale
+-- of its values, and a NaN cannot be taken back): that job computes its
+-- touched groups again.  The results are compared as text, which tells
+-- 1.0 from 1.00.
+CREATE TABLE ret (id int PRIMARY KEY, k int, t text, i4 int, i8 bigint, num numeric(12, 4), f float8, u numeric);
+ALTER TABLE ret REPLICA IDENTITY FULL;
+INSERT INTO ret SELECT i, i % 4, CASE WHEN i % 5 = 0 THEN NULL ELSE 't' || (i % 2) END,
+                       i, i * 1000000000000, i / 8.0, i / 3.0, i / 8.0
+FROM generate_series(1, 40) i;
+CREATE VIEW ret_batch AS
+SELECT k, t, count(*) AS n, count(num) AS cn, sum(i4) AS s4, sum(i8) AS s8,
+       sum(i4) FILTER (WHERE i4 % 2 = 0) AS sne, avg(i8) AS av, avg(i4) AS a4
+FROM ret GROUP BY k, t;
+CREATE VIEW ret2_batch AS
+SELECT t, sum(i8) AS s, count(i4) FILTER (WHERE k > 0) AS c FROM ret GROUP BY t;
+CREATE VIEW ret3_batch AS SELECT k, sum(f) AS sf, sum(num) AS su, avg(u) AS au FROM ret GROUP BY k;
+SELECT stp_start_job('ret_sums', 'SELECT k, t, count(*) AS n, count(num) AS cn, sum(i4) AS s4, sum(i8) AS s8,
+                                  sum(i4) FILTER (WHERE i4 % 2 = 0) AS sne, avg(i8) AS av, avg(i4) AS a4
+                                  FROM ret GROUP BY k, t',
+                     'ret_sums', partitions => 2, source => 'slot') > 0 AS started;
+SELECT stp_start_job('ret_nocount', 'SELECT t, sum(i8) AS s, count(i4) FILTER (WHERE k > 0) AS c FROM ret GROUP BY t',
+                     'ret_nocount', source => 'slot', batch_size => 3) > 0 AS started;
+SELECT stp_start_job('ret_float', 'SELECT k, sum(f) AS sf, sum(num) AS su, avg(u) AS au FROM ret GROUP BY k',
+                     'ret_float', source => 'slot') > 0 AS started;
+SELECT attrelid::regclass AS result, attname FROM pg_attribute
+WHERE attrelid IN ('ret_sums'::regclass, 'ret_nocount'::regclass, 'ret_float'::regclass)
+  AND attname LIKE '\_stp\_%' ORDER BY 1, 2;
+CREATE FUNCTION ret_diff() RETURNS TABLE (side text, r text) LANGUAGE sql AS $$
+    (SELECT 'job', ROW(k, t, n, cn, s4, s8, sne, av, a4)::text FROM ret_sums
+     EXCEPT SELECT 'job', ROW(b.*)::text FROM ret_batch b)
+    UNION ALL (SELECT 'batch', ROW(b.*)::text FROM ret_batch b
+     EXCEPT SELECT 'batch', ROW(k, t, n, cn, s4, s8, sne, av, a4)::text FROM ret_sums)
+    UNION ALL (SELECT 'job2', ROW(t, s, c)::text FROM ret_nocount
+     EXCEPT SELECT 'job2', ROW(b.*)::text FROM ret2_batch b)
+    UNION ALL (SELECT 'batch2', ROW(b.*)::text FROM ret2_batch b
+     EXCEPT SELECT 'batch2', ROW(t, s, c)::text FROM ret_nocount)
+    UNION ALL (SELECT 'job3', ROW(k, sf, su, au)::text FROM ret_float
+     EXCEPT SELECT 'job3', ROW(b.*)::text FROM ret3_batch b)
+    UNION ALL (SELECT 'batch3', ROW(b.*)::text FROM ret3_batch b
+     EXCEPT SELECT 'batch3', ROW(k, sf, su, au)::text FROM ret_float)
+    ORDER BY 1, 2
+$$;
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+SELECT * FROM ret_diff();
+UPDATE ret SET num = NULL WHERE k = 1;
+UPDATE ret SET u = NULL WHERE id = 1;
+UPDATE ret SET i4 = i4 + 1, i8 = -i8 WHERE k = 2;
+UPDATE ret SET k = 5 WHERE id IN (3, 7);
+UPDATE ret SET t = NULL WHERE id = 6;
+DELETE FROM ret WHERE k = 0;
+INSERT INTO ret VALUES (100, NULL, NULL, NULL, NULL, NULL, NULL, NULL), (101, 6, 'x', 1, 1, 1.5, 1, 1.5);
+DELETE FROM ret WHERE id = 101;
+INSERT INTO ret VALUES (102, 2, 't0', 2, 2, 'NaN', 1, 1);
+DELETE FROM ret WHERE id = 102;
+-- A new group whose only value goes in the same transaction: its sums are NULL.
+BEGIN;
+INSERT INTO ret VALUES (103, 7, 'y', NULL, NULL, NULL, NULL, NULL), (104, 7, 'y', 4, 4, 4, 4, 4);
+DELETE FROM ret WHERE id = 104;
+COMMIT;
+BEGIN;
+DELETE FROM ret;
+ROLLBACK;
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+SELECT * FROM ret_diff();
+SELECT k, t, n, cn, s4, sne, av FROM ret_sums ORDER BY k, t;
+SELECT * FROM ret_nocount ORDER BY t;
+-- Every row goes, then one comes back.
+DELETE FROM ret;
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+SELECT (SELECT count(*) FROM ret_sums) AS sums, (SELECT count(*) FROM ret_nocount) AS nocount,
+       (SELECT count(*) FROM ret_float) AS float;
+INSERT INTO ret VALUES (1, 1, 'a', NULL, NULL, NULL, NULL, NULL);
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+SELECT * FROM ret_diff();
+SELECT * FROM ret_nocount;
+SELECT stp_drop_job('ret_sums', drop_result => true);
+SELECT stp_drop_job('ret_nocount', drop_result => true);
+SELECT stp_drop_job('ret_float', drop_result => true);
+DROP FUNCTION ret_diff;
+DROP VIEW ret_batch, ret2_batch, ret3_batch;
+DROP TABLE ret;
+
 -- Catalog changes while a slot job runs.  Its worker keeps its catalog
 -- caches from one step to the next while no catalog change can lie
 -- between decoding and its own statements, and drops them otherwise.

@@ -257,6 +257,10 @@ prepare_batch_plan(StpJobDef *def)
 		if (stp_worker.slot_merge_plan)
 			SPI_freeplan(stp_worker.slot_merge_plan);
 		stp_worker.slot_merge_plan = plan;
+		plan = def->slot_retract ? prepare_kept("delete", stp_slot_delete_sql(def)) : NULL;
+		if (stp_worker.slot_delete_plan)
+			SPI_freeplan(stp_worker.slot_delete_plan);
+		stp_worker.slot_delete_plan = plan;
 	}
 
 	foreach(lc, stp_worker.distinct_plans)

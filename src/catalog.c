@@ -513,6 +513,7 @@ stp_load_job(int32 job_id, char **state, MemoryContext mcxt)
 	foreach(lc, kinds)
 		def->agg_kinds = lappend_int(def->agg_kinds,
 									 stp_agg_kind_from_name(lfirst(lc)));
+	def->slot_retract = stp_slot_can_retract(def);
 	MemoryContextSwitchTo(old);
 	return def;
 }

@@ -419,6 +419,14 @@ add_key(StpJobDef *def, List **keys, const char *name, Node *expr,
 }
 
 /*
+ * Set by add_aggregate when a sum or avg has an argument that is not an
+ * integer.  A slot job can subtract only integers exactly: a numeric sum
+ * shows the largest scale of its values, which subtracting a value does
+ * not take back, and a NaN, once added, cannot be subtracted.
+ */
+static bool non_integer_sum = false;
+
+/*
  * Add an aggregate: its state column, avg's hidden state columns, and its
  * deparsed argument and FILTER condition.
  */
@@ -434,6 +442,13 @@ add_aggregate(StpJobDef *def, List **aggs, List **state, const char *name,
 		Node	   *argexpr = (Node *) linitial_node(TargetEntry, agg->args)->expr;
 
 		arg = deparse_expression(argexpr, dpcontext, false, false);
+		if (kind == STP_AGG_SUM || kind == STP_AGG_AVG_NUMERIC)
+		{
+			Oid			base = getBaseType(exprType(argexpr));
+
+			if (base != INT2OID && base != INT4OID && base != INT8OID)
+				non_integer_sum = true;
+		}
 		if (STP_AGG_IS_VARIANCE(kind))
 		{
 			if (strlen(stp_variance_state_column(name)) >= NAMEDATALEN)
@@ -854,6 +869,7 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 	FuncExpr   *hop;
 	Node	   *window = NULL;
 
+	non_integer_sum = false;
 	ss = check_raw_statement(query_text);
 	rs = makeNode(RawStmt);
 	rs->stmt = (Node *) ss;
@@ -951,6 +967,33 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 		deparse_expression(q->jointree->quals, dpcontext, false, false) : NULL;
 
 	AtEOXact_GUC(true, save_nestlevel);
+
+	/*
+	 * A slot job whose aggregates can take an old row back (count, and sum
+	 * and avg of integers) keeps what that needs: each group's row count,
+	 * and each sum's count of values.
+	 */
+	if (def->slot_source && (*shape == NULL || !(*shape)->global))
+	{
+		List	   *types = NIL;
+		bool		fits = true;
+		ListCell   *lc2;
+
+		foreach(lc, aggs)
+			types = lappend_oid(types, ((StpColumn *) lfirst(lc))->type);
+		foreach(lc, def->agg_names)
+			fits &= strlen(stp_avg_count_column(lfirst(lc))) < NAMEDATALEN;
+		if (fits && !non_integer_sum && stp_slot_retract_kinds(def, types))
+		{
+			forboth(lc, def->agg_names, lc2, def->agg_kinds)
+			{
+				if ((StpAggKind) lfirst_int(lc2) == STP_AGG_SUM)
+					state = lappend(state, make_column(stp_avg_count_column(lfirst(lc)),
+													   INT8OID, -1, InvalidOid));
+			}
+			state = lappend(state, make_column(STP_ROWS_COLUMN, INT8OID, -1, InvalidOid));
+		}
+	}
 
 	*nkeys = list_length(keys);
 	*columns = list_concat(list_concat(keys, aggs), state);

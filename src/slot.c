@@ -136,9 +136,10 @@ typedef struct StpDecoded
 	Oid			relid;			/* the job's source */
 	XLogRecPtr	skip_upto;		/* transactions ending at or below: applied */
 	MemoryContext mcxt;			/* lives for the step */
-	Tuplestorestate *rows;		/* old and new rows of the source */
-	int64		nrows;
-	int64		nretracted;		/* of which old rows (UPDATE, DELETE) */
+	Tuplestorestate *rows;		/* new rows of the source */
+	Tuplestorestate *old_rows;	/* old rows (UPDATE, DELETE) */
+	int64		nrows;			/* in both */
+	int64		nretracted;		/* of which old rows */
 	bool		truncated;		/* the source was truncated */
 	TransactionId *xids;		/* the transactions that changed it */
 	int			nxids;
@@ -288,7 +289,7 @@ remember_xid(TransactionId xid)
  * which the old row (REPLICA IDENTITY FULL logs it whole) holds.
  */
 static void
-keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
+keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple, bool retracted)
 {
 	TupleDesc	desc = RelationGetDescr(relation);
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
@@ -335,8 +336,10 @@ keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
 							 RelationGetRelationName(relation))));
 	}
 	row = heap_form_tuple(desc, values, nulls);
-	tuplestore_puttuple(decoded->rows, row);
+	tuplestore_puttuple(retracted ? decoded->old_rows : decoded->rows, row);
 	decoded->nrows++;
+	if (retracted)
+		decoded->nretracted++;
 }
 
 /*
@@ -397,11 +400,12 @@ row_is_ours(HeapTuple tuple, TupleDesc desc)
  * Keep a decoded row if its group may be the partition's own.
  */
 static bool
-keep_own_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
+keep_own_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple,
+			 bool retracted)
 {
 	if (decoded->router != NULL && !row_is_ours(tuple, RelationGetDescr(relation)))
 		return false;
-	keep_row(relation, tuple, old_tuple);
+	keep_row(relation, tuple, old_tuple, retracted);
 	return true;
 }
 
@@ -436,7 +440,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
 			if (newtup)
-				kept = keep_own_row(relation, newtup, NULL);
+				kept = keep_own_row(relation, newtup, NULL, false);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 		case REORDER_BUFFER_CHANGE_DELETE:
@@ -447,13 +451,9 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 								RelationGetRelationName(relation)),
 						 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
 								 RelationGetRelationName(relation))));
-			if (keep_own_row(relation, oldtup, NULL))
-			{
-				kept = true;
-				decoded->nretracted++;
-			}
+			kept = keep_own_row(relation, oldtup, NULL, true);
 			if (newtup)
-				kept |= keep_own_row(relation, newtup, oldtup);
+				kept |= keep_own_row(relation, newtup, oldtup, false);
 			break;
 		default:
 			return;
@@ -499,7 +499,9 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 /*
  * stp.slot_changes(NULL::source) returns the rows that the worker's
  * current step decoded, as rows of the source's type; nothing in any
- * other process or for another type.
+ * other process or for another type.  stp.slot_changes(NULL::source, old)
+ * returns only the old rows (of UPDATEs and DELETEs) when old is true, and
+ * only the new ones when it is false.
  */
 Datum
 stp_slot_changes(PG_FUNCTION_ARGS)
@@ -519,9 +521,16 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 				 errhint("Drop the job and create it again.")));
 
 	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsMinimalTuple);
-	tuplestore_rescan(decoded->rows);
-	while (tuplestore_gettupleslot(decoded->rows, true, false, slot))
-		tuplestore_puttupleslot(rsinfo->setResult, slot);
+	for (int old = 0; old <= 1; old++)
+	{
+		Tuplestorestate *rows = old ? decoded->old_rows : decoded->rows;
+
+		if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1) != (bool) old)
+			continue;
+		tuplestore_rescan(rows);
+		while (tuplestore_gettupleslot(rows, true, false, slot))
+			tuplestore_puttupleslot(rsinfo->setResult, slot);
+	}
 	ExecDropSingleTupleTableSlot(slot);
 	return (Datum) 0;
 }
@@ -538,6 +547,8 @@ decoded_reset(void)
 		return;
 	if (decoded->rows)
 		tuplestore_end(decoded->rows);
+	if (decoded->old_rows)
+		tuplestore_end(decoded->old_rows);
 	MemoryContextDelete(decoded->mcxt);
 	decoded = NULL;
 }
@@ -613,6 +624,8 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 	decoded->skip_upto = skip_upto;
 	decoded->rows = tuplestore_begin_heap(false, true, work_mem);
 	tuplestore_set_eflags(decoded->rows, EXEC_FLAG_REWIND);
+	decoded->old_rows = tuplestore_begin_heap(false, true, work_mem);
+	tuplestore_set_eflags(decoded->old_rows, EXEC_FLAG_REWIND);
 
 	/* The source's column types now, outside any historic snapshot. */
 	{
@@ -1239,10 +1252,12 @@ stp_slot_step(bool *stop)
 	stp_set_slot_state(STP_WS_RUNNING);
 
 	/*
-	 * New rows only, and no recomputation's snapshot saw any of their
-	 * transactions: merge them, as a table job merges its batch.
+	 * New rows only (or a job whose merges retract old rows), and no
+	 * recomputation's snapshot saw any of their transactions: merge them,
+	 * as a table job merges its batch.
 	 */
-	merge = (!decoded->truncated && decoded->nretracted == 0 &&
+	merge = (!decoded->truncated &&
+			 (decoded->nretracted == 0 || stp_worker.def->slot_retract) &&
 			 (XLogRecPtr) stp_worker.offset >= recompute_horizon);
 
 	/*
@@ -1331,7 +1346,17 @@ stp_slot_step(bool *stop)
 	else
 	{
 		if (merge)
+		{
+			bool		isnull;
+
 			ret = SPI_execute_plan(stp_worker.slot_merge_plan, values, NULL, false, 0);
+
+			/* Groups that lost their last row go, in the same transaction. */
+			if (ret == SPI_OK_SELECT && SPI_processed == 1 && stp_worker.def->slot_retract &&
+				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											3, &isnull)) > 0)
+				ret = SPI_execute_plan(stp_worker.slot_delete_plan, values, NULL, false, 0);
+		}
 		else
 		{
 			/* Under the snapshot that saw every decoded transaction. */

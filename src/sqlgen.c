@@ -139,6 +139,78 @@ count_star_position(StpJobDef *def)
 	return -1;
 }
 
+int
+stp_count_star_position(StpJobDef *def)
+{
+	return count_star_position(def);
+}
+
+/*
+ * Can a slot job with these aggregates (agg_types: the type of each one's
+ * column) retract an old row by subtracting it?  Only where subtracting is
+ * exact: count, and sum and avg of integers (stp_analyze_query checks the
+ * arguments; a sum of int8 is numeric).  A float sum would drift, and min,
+ * max and the others cannot take a value back.
+ */
+bool
+stp_slot_retract_kinds(StpJobDef *def, List *agg_types)
+{
+	ListCell   *lc,
+			   *lc2;
+
+	forboth(lc, def->agg_kinds, lc2, agg_types)
+	{
+		switch ((StpAggKind) lfirst_int(lc))
+		{
+			case STP_AGG_COUNT:
+			case STP_AGG_AVG_NUMERIC:
+				break;
+			case STP_AGG_SUM:
+				if (lfirst_oid(lc2) != INT8OID && lfirst_oid(lc2) != NUMERICOID)
+					return false;
+				break;
+			default:
+				return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Does the slot job retract old rows?  Its aggregates must allow it, and
+ * its result table must have the state columns that stp_start_job makes
+ * for a job that can (stp_analyze_query): the group's row count, and each
+ * sum's count of values (a sum of no values is NULL).
+ */
+bool
+stp_slot_can_retract(StpJobDef *def)
+{
+	List	   *types = NIL;
+	ListCell   *lc,
+			   *lc2;
+
+	if (!def->slot_source || !OidIsValid(def->result))
+		return false;
+	foreach(lc, def->agg_names)
+	{
+		AttrNumber	att = get_attnum(def->result, lfirst(lc));
+
+		types = lappend_oid(types, att == InvalidAttrNumber ? InvalidOid :
+							get_atttype(def->result, att));
+	}
+	if (!stp_slot_retract_kinds(def, types))
+		return false;
+	if (get_attnum(def->result, STP_ROWS_COLUMN) == InvalidAttrNumber)
+		return false;
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		if ((StpAggKind) lfirst_int(lc2) == STP_AGG_SUM &&
+			get_attnum(def->result, stp_avg_count_column(lfirst(lc))) == InvalidAttrNumber)
+			return false;
+	}
+	return true;
+}
+
 /*
  * Does the aggregate keep avg's sum and count columns in the result table?
  */
@@ -221,6 +293,15 @@ static bool slot_groups_only = false;
 static bool slot_decoded_rows = false;
 
 /*
+ * While stp_slot_merge_sql builds the statement of a retracting job: the
+ * aggregation adds the new rows and subtracts the old ones, which the
+ * column _stp_new tells apart.
+ */
+static bool slot_signed = false;
+
+static void slot_result_columns(StpJobDef *def, List **cols, List **vals);
+
+/*
  * Append the keys' expressions, separated by commas.
  */
 static void
@@ -273,6 +354,13 @@ append_slot_source_rows(StringInfo buf, StpJobDef *def)
 	int			nkeys = list_length(def->key_exprs);
 	int			i;
 
+	if (slot_decoded_rows && slot_signed)
+	{
+		appendStringInfo(buf, " FROM (SELECT c.*, true AS _stp_new FROM stp.slot_changes(NULL::%s, false) AS c "
+						 "UNION ALL SELECT c.*, false FROM stp.slot_changes(NULL::%s, true) AS c) AS %s WHERE true",
+						 src, src, alias);
+		return;
+	}
 	if (slot_decoded_rows)
 	{
 		appendStringInfo(buf, " FROM stp.slot_changes(NULL::%s) AS %s WHERE true", src, alias);
@@ -343,6 +431,48 @@ append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
 }
 
 /*
+ * Append aggregate i of a retracting slot job over the decoded rows: what
+ * the new rows add less what the old rows take back, as the columns a<i>
+ * (and s<i> and n<i> for avg).  The merge tells a sum that lost its last
+ * value from a sum of 0 by the sum's count of values (c<i>, after the
+ * aggregates, and n<i>).  A sum whose count and value do not change is
+ * NULL: a group new to the result whose values were all taken back in the
+ * batch is inserted with a NULL sum, as sum returns over no values, and
+ * the merge keeps an existing group's sum.
+ */
+static void
+append_signed_aggregate(StringInfo buf, StpJobDef *def, int i, StpAggKind kind,
+						const char *arg)
+{
+	char	   *cond = i < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, i) : NULL;
+	char	   *fnew = cond ? psprintf(" FILTER (WHERE _stp_new AND (%s))", cond) :
+		" FILTER (WHERE _stp_new)";
+	char	   *fold = cond ? psprintf(" FILTER (WHERE NOT _stp_new AND (%s))", cond) :
+		" FILTER (WHERE NOT _stp_new)";
+	const char *x = arg ? arg : "*";
+	char	   *n = psprintf("(pg_catalog.count(%s)%s - pg_catalog.count(%s)%s)",
+							 x, fnew, x, fold);
+	char	   *diff;
+	char	   *sum;
+
+	if (kind == STP_AGG_COUNT)
+	{
+		appendStringInfo(buf, "%s AS a%d, ", n, i);
+		return;
+	}
+	diff = psprintf("(COALESCE(pg_catalog.sum(%s)%s, 0) - COALESCE(pg_catalog.sum(%s)%s, 0))",
+					x, fnew, x, fold);
+	sum = psprintf("CASE WHEN %s = 0 AND %s = 0 THEN NULL ELSE %s END", n, diff, diff);
+	if (kind == STP_AGG_SUM)
+		appendStringInfo(buf, "%s AS a%d, ", sum, i);
+	else
+		appendStringInfo(buf, "CASE WHEN %s = 0 THEN NULL ELSE (%s)::pg_catalog.numeric / "
+						 "(%s)::pg_catalog.numeric END AS a%d, %s AS s%d, %s AS n%d, ",
+						 n, sum, n, i, sum, i, n, i);
+}
+
+/*
  * Append the SELECT that aggregates one partition's groups of a batch.
  * Its columns are k0.. for the keys, a0.. for the aggregates, s<i> and
  * n<i> for avg's state, and _rows, the number of source rows, unless the
@@ -371,6 +501,12 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 
 		const char *f = filter_clause(def, i);
 
+		if (slot_signed)
+		{
+			append_signed_aggregate(&buf, def, i, kind, arg);
+			i++;
+			continue;
+		}
 		switch (kind)
 		{
 			case STP_AGG_COUNT:
@@ -484,8 +620,33 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 						 is_avg(kind) ? 'n' : STP_AGG_KEEPS_STATE(kind) ? 'v' : 'a', i);
 		i++;
 	}
-	if (count_star_position(def) < 0)
-		appendStringInfoString(&buf, "pg_catalog.count(*) AS _rows, ");
+	/* A retracting slot job keeps each sum's count of values. */
+	if (def->slot_retract)
+	{
+		forthree(lc, def->agg_kinds, lc2, def->agg_args, lc3, def->agg_names)
+		{
+			int			j = foreach_current_index(lc);
+			const char *f = filter_clause(def, j);
+			char	   *arg = (char *) lfirst(lc2);
+
+			if ((StpAggKind) lfirst_int(lc) != STP_AGG_SUM)
+				continue;
+			if (slot_signed)
+				appendStringInfo(&buf, "(pg_catalog.count(%s) FILTER (WHERE _stp_new%s%s%s) - "
+								 "pg_catalog.count(%s) FILTER (WHERE NOT _stp_new%s%s%s)) AS c%d, ",
+								 arg, f[0] ? " AND (" : "", f[0] ? (char *) list_nth(def->agg_filters, j) : "",
+								 f[0] ? ")" : "",
+								 arg, f[0] ? " AND (" : "", f[0] ? (char *) list_nth(def->agg_filters, j) : "",
+								 f[0] ? ")" : "", j);
+			else
+				appendStringInfo(&buf, "pg_catalog.count(%s)%s AS c%d, ", arg, f, j);
+		}
+	}
+	if (count_star_position(def) < 0 || def->slot_retract)
+		appendStringInfoString(&buf, slot_signed ?
+							   "(pg_catalog.count(*) FILTER (WHERE _stp_new) - "
+							   "pg_catalog.count(*) FILTER (WHERE NOT _stp_new)) AS _rows, " :
+							   "pg_catalog.count(*) AS _rows, ");
 	buf.len -= 2;				/* the last ", " */
 	buf.data[buf.len] = '\0';
 	append_source_rows(&buf, def, partition);
@@ -607,6 +768,53 @@ stp_sample_sql(StpJobDef *def)
 }
 
 /*
+ * Append the SET list of a retracting slot job's merge, and the rest of
+ * its statement.  Counts add; a sum or avg adds its part of the new rows
+ * less that of the old, and is NULL when its count of values comes to 0.
+ * The statement returns the rows and groups it merged, and how many
+ * groups it left without a row, which stp_slot_delete_sql deletes.
+ */
+static void
+append_signed_merge(StringInfo buf, StpJobDef *def)
+{
+	ListCell   *lc,
+			   *lc2;
+	const char *rows = STP_ROWS_COLUMN;
+
+	forboth(lc, def->agg_names, lc2, def->agg_kinds)
+	{
+		const char *col = quote_identifier(lfirst(lc));
+		StpAggKind	kind = (StpAggKind) lfirst_int(lc2);
+		const char *n = kind == STP_AGG_COUNT ? NULL :
+			quote_identifier(stp_avg_count_column(lfirst(lc)));
+		const char *s = kind == STP_AGG_AVG_NUMERIC ?
+			quote_identifier(stp_avg_sum_column(lfirst(lc))) : col;
+
+		if (foreach_current_index(lc) > 0)
+			appendStringInfoString(buf, ", ");
+		if (kind == STP_AGG_COUNT)
+		{
+			appendStringInfo(buf, "%s = r.%s + EXCLUDED.%s", col, col, col);
+			continue;
+		}
+		if (kind == STP_AGG_AVG_NUMERIC)
+			appendStringInfo(buf, "%s = CASE WHEN COALESCE(r.%s, 0) + EXCLUDED.%s = 0 THEN NULL "
+							 "ELSE (COALESCE(r.%s, 0) + COALESCE(EXCLUDED.%s, 0))::pg_catalog.numeric / "
+							 "(COALESCE(r.%s, 0) + EXCLUDED.%s)::pg_catalog.numeric END, ",
+							 col, n, n, s, s, n, n);
+		appendStringInfo(buf, "%s = CASE WHEN COALESCE(r.%s, 0) + EXCLUDED.%s = 0 THEN NULL "
+						 "ELSE COALESCE(r.%s, 0) + COALESCE(EXCLUDED.%s, 0) END, "
+						 "%s = COALESCE(r.%s, 0) + EXCLUDED.%s",
+						 s, n, n, s, s, n, n, n);
+	}
+	appendStringInfo(buf, "%s%s = COALESCE(r.%s, 0) + EXCLUDED.%s",
+					 def->agg_names ? ", " : "", rows, rows, rows);
+	appendStringInfo(buf, " RETURNING r.%s) SELECT COALESCE(pg_catalog.sum(_rows), 0)::pg_catalog.int8, "
+					 "pg_catalog.count(*), (SELECT pg_catalog.count(*) FROM m WHERE m.%s = 0) FROM a",
+					 rows, rows);
+}
+
+/*
  * Build the batch statement of one partition.  $1 and $2 bound the
  * order-column range (exclusive, inclusive).  It returns the source rows
  * it aggregated and the groups it merged.  The text assumes a search_path
@@ -629,6 +837,17 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	/* Merge them into the result table. */
 	appendStringInfo(&buf, "), m AS (INSERT INTO %s AS r (",
 					 stp_qualified_relname(def->result));
+	if (slot_signed)
+	{
+		List	   *cols,
+				   *vals;
+
+		slot_result_columns(def, &cols, &vals);
+		append_joined(&buf, cols);
+		appendStringInfoString(&buf, ") SELECT ");
+		append_joined(&buf, vals);
+	}
+	else
 	{
 		List	   *cols = NIL;
 		List	   *vals = NIL;
@@ -675,7 +894,13 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	foreach(lc, def->key_names)
 		appendStringInfo(&buf, "%s%s", quote_identifier(lfirst(lc)),
 						 lnext(def->key_names, lc) ? ", " : "");
-	appendStringInfoString(&buf, def->agg_names ? ") DO UPDATE SET " : ") DO NOTHING");
+	appendStringInfoString(&buf, def->agg_names || slot_signed ?
+						   ") DO UPDATE SET " : ") DO NOTHING");
+	if (slot_signed)
+	{
+		append_signed_merge(&buf, def);
+		return buf.data;
+	}
 	forboth(lc, def->agg_names, lc2, def->agg_kinds)
 	{
 		const char *col = quote_identifier(lfirst(lc));
@@ -1354,8 +1579,71 @@ slot_result_columns(StpJobDef *def, List **cols, List **vals)
 			*cols = lappend(*cols, (char *) quote_identifier(stp_variance_state_column(lfirst(lc))));
 			*vals = lappend(*vals, psprintf("v%d", i));
 		}
+		if (def->slot_retract && kind == STP_AGG_SUM)
+		{
+			*cols = lappend(*cols, (char *) quote_identifier(stp_avg_count_column(lfirst(lc))));
+			*vals = lappend(*vals, psprintf("c%d", i));
+		}
 		i++;
 	}
+	if (def->slot_retract)
+	{
+		*cols = lappend(*cols, STP_ROWS_COLUMN);
+		*vals = lappend(*vals, "_rows");
+	}
+}
+
+/*
+ * Append the CTE name AS (SELECT DISTINCT keys AS k0.. FROM the decoded
+ * rows that the job's WHERE keeps): the old rows only, with old_rows, else
+ * old and new.
+ */
+static void
+append_decoded_keys(StringInfo buf, StpJobDef *def, const char *name, bool old_rows)
+{
+	ListCell   *lc;
+
+	appendStringInfo(buf, "%s AS (SELECT DISTINCT ", name);
+	foreach(lc, def->key_exprs)
+		appendStringInfo(buf, "%s(%s) AS k%d", foreach_current_index(lc) > 0 ? ", " : "",
+						 (char *) lfirst(lc), foreach_current_index(lc));
+	appendStringInfo(buf, " FROM stp.slot_changes(NULL::%s%s) AS %s WHERE true",
+					 stp_qualified_relname(def->source), old_rows ? ", true" : "",
+					 quote_identifier(get_rel_name(def->source)));
+	if (def->where_clause)
+		appendStringInfo(buf, " AND (%s)", def->where_clause);
+}
+
+/*
+ * Append the CTEs d1 and d2, which delete from the result table the groups
+ * whose keys the CTE from holds (k0..) and that match cond: those without
+ * a NULL in the key by "=", which the unique index serves, and the rare
+ * others by IS NOT DISTINCT FROM.
+ */
+static void
+append_group_deletes(StringInfo buf, StpJobDef *def, const char *from, const char *cond)
+{
+	const char *result = stp_qualified_relname(def->result);
+	int			nkeys = list_length(def->key_names);
+	ListCell   *lc;
+	int			i;
+
+	appendStringInfo(buf, "d1 AS (DELETE FROM %s r WHERE %s AND (", result, cond);
+	foreach(lc, def->key_names)
+		appendStringInfo(buf, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	appendStringInfoString(buf, ") IN (SELECT ");
+	for (i = 0; i < nkeys; i++)
+		appendStringInfo(buf, "%sk%d", i > 0 ? ", " : "", i);
+	appendStringInfo(buf, " FROM %s WHERE NOT ", from);
+	append_key_has_null(buf, def, false);
+	appendStringInfo(buf, ") RETURNING 1), d2 AS (DELETE FROM %s r WHERE %s AND "
+					 "EXISTS (SELECT 1 FROM %s WHERE ", result, cond, from);
+	append_key_has_null(buf, def, false);
+	foreach(lc, def->key_names)
+		appendStringInfo(buf, " AND %s.k%d IS NOT DISTINCT FROM r.%s",
+						 from, foreach_current_index(lc), quote_identifier(lfirst(lc)));
+	appendStringInfoString(buf, ") RETURNING 1)");
 }
 
 /*
@@ -1382,15 +1670,8 @@ stp_slot_batch_sql(StpJobDef *def, int32 partition)
 	int			i;
 
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "WITH g AS (SELECT DISTINCT ");
-	foreach(lc, def->key_exprs)
-		appendStringInfo(&buf, "%s(%s) AS k%d", foreach_current_index(lc) > 0 ? ", " : "",
-						 (char *) lfirst(lc), foreach_current_index(lc));
-	appendStringInfo(&buf, " FROM stp.slot_changes(NULL::%s) AS %s WHERE true",
-					 stp_qualified_relname(def->source),
-					 quote_identifier(get_rel_name(def->source)));
-	if (def->where_clause)
-		appendStringInfo(&buf, " AND (%s)", def->where_clause);
+	appendStringInfoString(&buf, "WITH ");
+	append_decoded_keys(&buf, def, "g", false);
 	append_slot_partition_filter(&buf, def, partition, false);
 
 	appendStringInfoString(&buf, "), a AS (");
@@ -1412,25 +1693,12 @@ stp_slot_batch_sql(StpJobDef *def, int32 partition)
 	appendStringInfoString(&buf, " FROM g EXCEPT SELECT ");
 	for (i = 0; i < nkeys; i++)
 		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
-	appendStringInfo(&buf, " FROM a), d1 AS (DELETE FROM %s r WHERE (", result);
-	foreach(lc, def->key_names)
-		appendStringInfo(&buf, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "",
-						 quote_identifier(lfirst(lc)));
-	appendStringInfoString(&buf, ") IN (SELECT ");
-	for (i = 0; i < nkeys; i++)
-		appendStringInfo(&buf, "%sk%d", i > 0 ? ", " : "", i);
-	appendStringInfoString(&buf, " FROM x WHERE NOT ");
-	append_key_has_null(&buf, def, false);
-	appendStringInfo(&buf, ")), d2 AS (DELETE FROM %s r WHERE EXISTS (SELECT 1 FROM x WHERE ",
-					 result);
-	append_key_has_null(&buf, def, false);
-	foreach(lc, def->key_names)
-		appendStringInfo(&buf, " AND x.k%d IS NOT DISTINCT FROM r.%s",
-						 foreach_current_index(lc), quote_identifier(lfirst(lc)));
+	appendStringInfoString(&buf, " FROM a), ");
+	append_group_deletes(&buf, def, "x", "true");
 
 	/* The touched groups that remain, as the query computes them now. */
 	slot_result_columns(def, &cols, &vals);
-	appendStringInfo(&buf, ")), m AS (INSERT INTO %s AS r (", result);
+	appendStringInfo(&buf, ", m AS (INSERT INTO %s AS r (", result);
 	append_joined(&buf, cols);
 	appendStringInfoString(&buf, ") SELECT ");
 	append_joined(&buf, vals);
@@ -1468,6 +1736,7 @@ stp_slot_merge_sql(StpJobDef *def, int32 partition)
 	char	   *sql = NULL;
 
 	slot_decoded_rows = true;
+	slot_signed = def->slot_retract;
 	PG_TRY();
 	{
 		sql = stp_batch_sql(def, partition);
@@ -1475,9 +1744,33 @@ stp_slot_merge_sql(StpJobDef *def, int32 partition)
 	PG_FINALLY();
 	{
 		slot_decoded_rows = false;
+		slot_signed = false;
 	}
 	PG_END_TRY();
 	return sql;
+}
+
+/*
+ * The DELETE, after a retracting merge, of the groups that it left
+ * without a source row: the batch's old rows name them, and their row
+ * count is 0.  Groups whose key has a NULL in it are found with IS NOT
+ * DISTINCT FROM, the others with "=", which the unique index serves.  No
+ * committed group has a row count of 0, so a group of another partition
+ * is never taken.  Returns the number of groups deleted.
+ */
+char *
+stp_slot_delete_sql(StpJobDef *def)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "WITH ");
+	append_decoded_keys(&buf, def, "o", true);
+	appendStringInfoString(&buf, "), ");
+	append_group_deletes(&buf, def, "o", "r." STP_ROWS_COLUMN " = 0");
+	appendStringInfoString(&buf, " SELECT (SELECT pg_catalog.count(*) FROM d1) + "
+						   "(SELECT pg_catalog.count(*) FROM d2)");
+	return buf.data;
 }
 
 /*

@@ -273,6 +273,10 @@ typedef struct StpJobDef
 								 * when the source is read and routed */
 	int32		resize_to;		/* pending partition count, or 0 (stp_alter_job) */
 	bool		slot_source;	/* decodes a logical replication slot (slot.c) */
+	bool		slot_retract;	/* a slot job whose merges retract old rows:
+								 * its aggregates are count, and sum and avg
+								 * of exact types, and its result has the
+								 * state columns for it */
 	bool		rows_mode;		/* strategy 'rows': workers own id ranges */
 	List	   *agg_functions;	/* of Oid: a combinable aggregate (combine.c),
 								 * InvalidOid for the other kinds */
@@ -295,6 +299,13 @@ extern char *stp_slot_batch_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_merge_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_delete_sql(StpJobDef *def);
+extern int	stp_count_star_position(StpJobDef *def);
+extern bool stp_slot_retract_kinds(StpJobDef *def, List *agg_types);
+extern bool stp_slot_can_retract(StpJobDef *def);
+
+/* A retracting slot job's row count, when its query has no count(*). */
+#define STP_ROWS_COLUMN "_stp_rows"
 
 /* A column of the result table, as the job's query produces it. */
 typedef struct StpColumn

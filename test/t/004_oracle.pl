@@ -425,6 +425,9 @@ sub shuffle
 # partition count occurs in every round, then add random extras.
 # Set while make_slot_jobs makes its jobs: none of @CB_AGGS.
 our $no_combine = 0;
+# Set while make_slot_jobs makes its retracting jobs: only aggregates that
+# a slot job takes old rows back from (count, and sum and avg of integers).
+our $retract_only = 0;
 
 sub make_jobs
 {
@@ -433,6 +436,8 @@ sub make_jobs
 	my @k = shuffle(0 .. $#KEYS);
 	push @{ $jobs[ $_ % $njobs ]{keys} }, $k[$_] for 0 .. $#k;
 	my @a = shuffle(grep { !$selftest || ($AGGS[$_][1] =~ /^(count|sum|min|max|avg)\([^()]*\)$/ && $AGGS[$_][1] !~ /DISTINCT/) } 0 .. $#AGGS);
+	@a = grep { $AGGS[$_][1] =~ /^(count\((\*|\w+)\)|sum\((v_i2|v_i4|v_i8|v_i2 \+ 1)\)|avg\((v_i2|v_i4|v_i8)\))( FILTER .*)?$/ } @a
+	  if $retract_only;
 	push @{ $jobs[ $_ % $njobs ]{aggs} }, $a[$_] for 0 .. $#a;
 	my @parts = shuffle(map { ($_ % 4) + 1 } 0 .. $njobs - 1);
 
@@ -577,8 +582,8 @@ sub make_jobs
 		$j->{key_names} = [ map { $_->{name} } grep { $_->{key} } @items ];
 		# A third of the other jobs filter their groups with HAVING, and a
 		# third order them: their result is a view.
-		my $having = (!$selftest && $i != $njobs - 1 && rand() < 0.33) ? pick(@HAVINGS) : undef;
-		my $order = (!$selftest && @items && rand() < 0.33)
+		my $having = (!$selftest && !$retract_only && $i != $njobs - 1 && rand() < 0.33) ? pick(@HAVINGS) : undef;
+		my $order = (!$selftest && !$retract_only && @items && rand() < 0.33)
 		  ? ' ORDER BY 1 ' . pick('ASC', 'DESC NULLS LAST', 'NULLS FIRST') : '';
 		$j->{query} =
 		    'SELECT '
@@ -605,19 +610,35 @@ sub make_slot_jobs
 		@{ $_->{keys} } && !defined $_->{hop} && $_->{query} !~ /\w\(DISTINCT /
 	} make_jobs($n + 6);
 	splice(@jobs, $n) if @jobs > $n;
-	for my $i (0 .. $#jobs)
+
+	# Two more whose aggregates all retract: their merges subtract the old
+	# rows of UPDATEs and DELETEs instead of computing the touched groups
+	# again from the source.
+	my @retract = do
 	{
-		my $j = $jobs[$i];
-		$j->{name} = "s$i";
-		$j->{slot} = 1;
-		$j->{strategy} = 'groups';
-		$j->{source} = 'ev_slot';
-		$j->{query} =~ s/ FROM ev_(big|small)/ FROM ev_slot/ or die "no source in $j->{query}";
-		$j->{result} = "public.r_s$i";
-		$j->{partitions} = $i % 2 ? 3 : 1;
-		$j->{batch_size} = rand() < 0.5 ? int(20 + rand(500)) : 1000000;
+		local $retract_only = 1;
+		grep { @{ $_->{keys} } && !defined $_->{hop} } make_jobs(5);
+	};
+	splice(@retract, 2) if @retract > 2;
+	$_->{retract} = 1 for @retract;
+
+	for my $list ([ 's', \@jobs ], [ 't', \@retract ])
+	{
+		my ($prefix, $js) = @$list;
+		for my $i (0 .. $#$js)
+		{
+			my $j = $js->[$i];
+			$j->{name} = "$prefix$i";
+			$j->{slot} = 1;
+			$j->{strategy} = 'groups';
+			$j->{source} = 'ev_slot';
+			$j->{query} =~ s/ FROM ev_(big|small)/ FROM ev_slot/ or die "no source in $j->{query}";
+			$j->{result} = "public.r_$prefix$i";
+			$j->{partitions} = $i % 2 ? 3 : 1;
+			$j->{batch_size} = rand() < 0.5 ? int(20 + rand(500)) : 1000000;
+		}
 	}
-	return @jobs;
+	return (@jobs, @retract);
 }
 
 # One random transaction of the writer of ev_slot, in its script $s.
@@ -1282,6 +1303,11 @@ CREATE AGGREGATE oracle.u_max(numeric) (SFUNC = oracle.u_max_step, STYPE = numer
 			  . ($j->{slot} ? ", source => 'slot'" : '') . ')');
 		$j->{started} = $ret == 0;
 		ok($j->{started}, "$j->{name}: job starts") or diag describe_job($j) . "\n$stderr";
+		# A retracting job's result (or its state table, behind a view)
+		# keeps each group's row count.
+		is($node->safe_psql($db, "SELECT count(*) FROM pg_attribute WHERE attname = '_stp_rows' AND "
+				  . "attrelid IN ('$j->{result}'::regclass, to_regclass('$j->{result}_state'))"),
+			'1', "$j->{name}: retracts old rows") if $j->{retract} && $j->{started};
 	};
 
 	note describe_job($_) for @jobs;

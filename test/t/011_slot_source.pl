@@ -69,6 +69,14 @@ my %jobs = (
 		partitions => 3,
 		batch_size => 300,
 	},
+	# Counts and integer sums only: its merges subtract old rows.
+	jr => {
+		query => 'SELECT k % 5 AS m, t, count(*) AS n, count(v) AS cv, sum(x) AS sx, avg(x) AS ax '
+		  . 'FROM acct GROUP BY k % 5, t',
+		cols => 'm, t, n, cv, sx, ax',
+		partitions => 2,
+		batch_size => 200,
+	},
 	jbig => {
 		query => 'SELECT left(big, 3) AS p, count(*) AS n, sum(v) AS s, max(v) AS hi FROM acct GROUP BY 1',
 		cols => 'p, n, s, hi',
@@ -83,10 +91,13 @@ for my $job (sort keys %jobs)
 		"SELECT stp_start_job('$job', \$\$$j->{query}\$\$, 'r_$job', partitions => $j->{partitions}, "
 		  . "batch_size => $j->{batch_size}, source => 'slot')");
 }
-StpTest::wait_for_workers($node, 'start', 6);
+StpTest::wait_for_workers($node, 'start', 8);
 # Each worker creates its slot when it starts: wait for the last one.
-ok($node->poll_query_until('postgres', "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'stp'", '6'),
+ok($node->poll_query_until('postgres', "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'stp'", '8'),
 	'one slot per partition');
+is($node->safe_psql('postgres',
+		"SELECT string_agg(attname, ',' ORDER BY attname) FROM pg_attribute WHERE attrelid = 'r_jr'::regclass AND attname LIKE '\\_stp\\_%'"),
+	'_stp_ax_count,_stp_ax_sum,_stp_rows,_stp_sx_count', 'jr retracts old rows: its state columns');
 
 # Check that every job equals its batch query.
 sub check_jobs
@@ -199,6 +210,15 @@ kill 'KILL', $victim;
 StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset, "worker $victim");
 sleep 5;
 
+# ... and of the retracting job, whose merges subtract: applied once.
+$log_offset = -s $node->logfile;
+($victim, $vjob, $vpart) = StpTest::pick_worker($node, 5, "s.job_name = 'jr'");
+ok(defined $victim, 'a worker of jr to kill');
+note "killing worker $victim of $vjob partition $vpart";
+kill 'KILL', $victim;
+StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset, "worker $victim");
+sleep 3;
+
 # ---- immediate stop while the writers write ----
 my $dboid = $node->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'postgres'");
 $node->safe_psql('postgres',
@@ -241,7 +261,7 @@ for my $i (1 .. 16)
 {
 	usleep(500_000);
 	$cancels += $node->safe_psql('postgres',
-		"WITH w AS MATERIALIZED (SELECT pid FROM stp.job_status WHERE job_name IN ('j1', 'j3') "
+		"WITH w AS MATERIALIZED (SELECT pid FROM stp.job_status WHERE job_name IN ('j1', 'j3', 'jr') "
 		  . "AND state IN ('running', 'idle')) SELECT count(*) FROM w WHERE pg_cancel_backend(pid)");
 }
 stop_writers();
@@ -270,7 +290,7 @@ is($node->safe_psql('postgres', 'SELECT n FROM r_j1 WHERE k = 500'), '1',
 is( $node->safe_psql(
 		'postgres',
 		"SELECT count(*) FROM stp.job_status WHERE wal_retained_bytes >= 0 AND wal_bytes_behind >= 0"),
-	'6',
+	'8',
 	'stp.job_status shows WAL behind and retained for every partition');
 $node->safe_psql('postgres', "SELECT stp_drop_job('$_')") for sort keys %jobs;
 ok( $node->poll_query_until(
