@@ -253,10 +253,15 @@ prepare_batch_plan(StpJobDef *def)
 	stp_worker.batch_plan = plan;
 	if (def->slot_source)
 	{
-		plan = prepare_kept("merge", stp_slot_merge_sql(def, stp_worker.args.partition));
+		plan = prepare_kept("merge", stp_slot_merge_sql(def, stp_worker.args.partition, false));
 		if (stp_worker.slot_merge_plan)
 			SPI_freeplan(stp_worker.slot_merge_plan);
 		stp_worker.slot_merge_plan = plan;
+		plan = def->slot_retract ?
+			prepare_kept("retract", stp_slot_merge_sql(def, stp_worker.args.partition, true)) : NULL;
+		if (stp_worker.slot_retract_plan)
+			SPI_freeplan(stp_worker.slot_retract_plan);
+		stp_worker.slot_retract_plan = plan;
 		plan = def->slot_retract ? prepare_kept("delete", stp_slot_delete_sql(def)) : NULL;
 		if (stp_worker.slot_delete_plan)
 			SPI_freeplan(stp_worker.slot_delete_plan);

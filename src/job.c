@@ -733,11 +733,17 @@ stp_start_job(PG_FUNCTION_ARGS)
 		SPI_freeplan(plan);
 		if (def.slot_source)
 		{
-			plan = SPI_prepare(stp_slot_merge_sql(&def, 0), 2, types);
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the job's merge statement: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_freeplan(plan);
+			/* A retracting job's merges and delete too. */
+			def.slot_retract = stp_slot_can_retract(&def);
+			for (int i = 0; i < (def.slot_retract ? 3 : 1); i++)
+			{
+				plan = SPI_prepare(i == 2 ? stp_slot_delete_sql(&def) :
+								   stp_slot_merge_sql(&def, 0, i == 1), 2, types);
+				if (plan == NULL)
+					elog(ERROR, "could not prepare the job's merge statement: %s",
+						 SPI_result_code_string(SPI_result));
+				SPI_freeplan(plan);
+			}
 		}
 	}
 	stp_drop_combine_aggregates(&def);

@@ -1349,7 +1349,8 @@ stp_slot_step(bool *stop)
 		{
 			bool		isnull;
 
-			ret = SPI_execute_plan(stp_worker.slot_merge_plan, values, NULL, false, 0);
+			ret = SPI_execute_plan(decoded->nretracted > 0 ? stp_worker.slot_retract_plan :
+								   stp_worker.slot_merge_plan, values, NULL, false, 0);
 
 			/* Groups that lost their last row go, in the same transaction. */
 			if (ret == SPI_OK_SELECT && SPI_processed == 1 && stp_worker.def->slot_retract &&

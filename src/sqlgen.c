@@ -299,6 +299,13 @@ static bool slot_decoded_rows = false;
  */
 static bool slot_signed = false;
 
+/*
+ * While stp_slot_merge_sql builds the statement of a retracting job: the
+ * merge keeps the state columns (_stp_rows, each sum's count of values)
+ * and returns the groups it left without a row.
+ */
+static bool slot_retract_merge = false;
+
 static void slot_result_columns(StpJobDef *def, List **cols, List **vals);
 
 /*
@@ -837,7 +844,7 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	/* Merge them into the result table. */
 	appendStringInfo(&buf, "), m AS (INSERT INTO %s AS r (",
 					 stp_qualified_relname(def->result));
-	if (slot_signed)
+	if (slot_retract_merge)
 	{
 		List	   *cols,
 				   *vals;
@@ -894,9 +901,9 @@ stp_batch_sql(StpJobDef *def, int32 partition)
 	foreach(lc, def->key_names)
 		appendStringInfo(&buf, "%s%s", quote_identifier(lfirst(lc)),
 						 lnext(def->key_names, lc) ? ", " : "");
-	appendStringInfoString(&buf, def->agg_names || slot_signed ?
+	appendStringInfoString(&buf, def->agg_names || slot_retract_merge ?
 						   ") DO UPDATE SET " : ") DO NOTHING");
-	if (slot_signed)
+	if (slot_retract_merge)
 	{
 		append_signed_merge(&buf, def);
 		return buf.data;
@@ -1728,15 +1735,18 @@ stp_slot_batch_sql(StpJobDef *def, int32 partition)
  * rows are all new rows (INSERTs, and the new rows of UPDATEs whose old
  * row is another partition's): the decoded rows are aggregated and merged
  * into the result table as a table job's batch merges its new rows, with
- * no read of the source.  slot.c says when this is exact.
+ * no read of the source.  slot.c says when this is exact.  A retracting
+ * job's merge keeps its state columns too; with old_rows, it takes any
+ * batch, adding the new rows and subtracting the old ones.
  */
 char *
-stp_slot_merge_sql(StpJobDef *def, int32 partition)
+stp_slot_merge_sql(StpJobDef *def, int32 partition, bool old_rows)
 {
 	char	   *sql = NULL;
 
 	slot_decoded_rows = true;
-	slot_signed = def->slot_retract;
+	slot_retract_merge = def->slot_retract;
+	slot_signed = def->slot_retract && old_rows;
 	PG_TRY();
 	{
 		sql = stp_batch_sql(def, partition);
@@ -1744,6 +1754,7 @@ stp_slot_merge_sql(StpJobDef *def, int32 partition)
 	PG_FINALLY();
 	{
 		slot_decoded_rows = false;
+		slot_retract_merge = false;
 		slot_signed = false;
 	}
 	PG_END_TRY();

@@ -296,7 +296,7 @@ extern char *stp_distinct_table_name(const char *state_name, int agg);
 extern Oid	stp_distinct_table(StpJobDef *def, int agg);
 extern char *stp_distinct_sql(StpJobDef *def, int32 partition, int agg);
 extern char *stp_slot_batch_sql(StpJobDef *def, int32 partition);
-extern char *stp_slot_merge_sql(StpJobDef *def, int32 partition);
+extern char *stp_slot_merge_sql(StpJobDef *def, int32 partition, bool old_rows);
 extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_delete_sql(StpJobDef *def);

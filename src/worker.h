@@ -30,9 +30,9 @@ typedef struct StpWorker
 	StpSlot    *slot;
 	SPIPlanPtr	lock_plan;
 	SPIPlanPtr	batch_plan;
-	SPIPlanPtr	slot_merge_plan;	/* a slot job's batch of new rows only,
-									 * or any batch of a retracting job */
-	SPIPlanPtr	slot_delete_plan;	/* a retracting job's emptied groups */
+	SPIPlanPtr	slot_merge_plan;	/* a slot job's batch of new rows only */
+	SPIPlanPtr	slot_retract_plan;	/* a retracting job's batch with old rows */
+	SPIPlanPtr	slot_delete_plan;	/* ... and the groups it emptied */
 	List	   *distinct_plans; /* of SPIPlanPtr, one per count(DISTINCT) */
 	SPIPlanPtr	progress_plan;
 	char	   *source_name;	/* the names the batch plan was made with */
