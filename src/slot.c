@@ -606,9 +606,10 @@ setup_router(TupleDesc desc)
 }
 
 /*
- * Start collecting for one step.  The tuplestore is not tied to the
- * transaction's resource owner: the reorder buffer's subtransactions
- * abort around every callback, and must not close its file.
+ * Start collecting for one step.  The tuplestores (new rows, old rows) are
+ * not tied to the transaction's resource owner: the reorder buffer's
+ * subtransactions abort around every callback, and must not close their
+ * files.
  */
 static void
 decoded_begin(Oid relid, XLogRecPtr skip_upto)
