@@ -205,7 +205,11 @@ stp_database_dropping(Oid dboid)
 }
 
 /*
- * Wait until no worker of the job is alive, or the timeout passes.
+ * Wait until no worker of the job is alive, or the timeout passes, sending
+ * SIGTERM again every 100 ms.  A worker that the launcher started after
+ * the first signal (it saw the job running, since the caller has not
+ * committed) would otherwise wait for a lock that the caller holds, and
+ * the caller for it, until the timeout.
  */
 void
 stp_wait_job_workers_exit(Oid dboid, int32 job_id, int timeout_ms)
@@ -213,9 +217,12 @@ stp_wait_job_workers_exit(Oid dboid, int32 job_id, int timeout_ms)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   timeout_ms);
 
-	for (;;)
+	for (int round = 1;; round++)
 	{
 		bool		alive = false;
+
+		if (round % 10 == 0)
+			stp_signal_job_workers(dboid, job_id, SIGTERM);
 
 		LWLockAcquire(stp_shared->lock, LW_SHARED);
 		for (int i = 0; i < STP_MAX_SLOTS; i++)
