@@ -361,6 +361,16 @@ INSERT INTO ret VALUES (1, 1, 'a', NULL, NULL, NULL, NULL, NULL);
 SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
 SELECT * FROM ret_diff();
 SELECT * FROM ret_nocount;
+-- A TRUNCATE builds the groups again, state columns included.
+INSERT INTO ret SELECT i, i % 3, 't', i, i, i, i, i FROM generate_series(2, 20) i;
+TRUNCATE ret;
+INSERT INTO ret SELECT i, i % 2, 'u', i, NULL, i, i, i FROM generate_series(1, 9) i;
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+DELETE FROM ret WHERE id > 6;
+UPDATE ret SET i4 = NULL WHERE id = 2;
+SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
+SELECT * FROM ret_diff();
+SELECT * FROM ret_nocount;
 SELECT stp_drop_job('ret_sums', drop_result => true);
 SELECT stp_drop_job('ret_nocount', drop_result => true);
 SELECT stp_drop_job('ret_float', drop_result => true);

@@ -735,6 +735,12 @@ stp_start_job(PG_FUNCTION_ARGS)
 		{
 			/* A retracting job's merges and delete too. */
 			def.slot_retract = stp_slot_can_retract(&def);
+			if (!def.slot_retract)
+				ereport(NOTICE,
+						(errmsg("job \"%s\" computes each group that an UPDATE or DELETE touches again from the source",
+								job_name),
+						 errdetail("Only count(), and sum() and avg() of integers, can take an old row back."),
+						 errhint("Give the source an index on the group key if its groups are large, or keep the other aggregates in a job of their own.")));
 			for (int i = 0; i < (def.slot_retract ? 3 : 1); i++)
 			{
 				plan = SPI_prepare(i == 2 ? stp_slot_delete_sql(&def) :
