@@ -981,8 +981,11 @@ stp_analyze_query(const char *query_text, StpJobDef *def,
 
 		foreach(lc, aggs)
 			types = lappend_oid(types, ((StpColumn *) lfirst(lc))->type);
-		foreach(lc, def->agg_names)
-			fits &= strlen(stp_avg_count_column(lfirst(lc))) < NAMEDATALEN;
+		forboth(lc, def->agg_names, lc2, def->agg_kinds)
+		{
+			if ((StpAggKind) lfirst_int(lc2) == STP_AGG_SUM)
+				fits &= strlen(stp_avg_count_column(lfirst(lc))) < NAMEDATALEN;
+		}
 		if (fits && !non_integer_sum && stp_slot_retract_kinds(def, types))
 		{
 			forboth(lc, def->agg_names, lc2, def->agg_kinds)

@@ -139,12 +139,6 @@ count_star_position(StpJobDef *def)
 	return -1;
 }
 
-int
-stp_count_star_position(StpJobDef *def)
-{
-	return count_star_position(def);
-}
-
 /*
  * Can a slot job with these aggregates (agg_types: the type of each one's
  * column) retract an old row by subtracting it?  Only where subtracting is
@@ -447,19 +441,29 @@ append_source_rows(StringInfo buf, StpJobDef *def, int32 partition)
  * batch is inserted with a NULL sum, as sum returns over no values, and
  * the merge keeps an existing group's sum.
  */
+/*
+ * What aggregate fn (count or sum) of aggregate i's argument over the new
+ * decoded rows comes to, less the same over the old rows, each under the
+ * aggregate's FILTER.
+ */
+static char *
+signed_call(StpJobDef *def, int i, const char *fn, const char *arg)
+{
+	char	   *cond = i < list_length(def->agg_filters) ?
+		list_nth(def->agg_filters, i) : NULL;
+	const char *also = cond ? psprintf(" AND (%s)", cond) : "";
+	const char *x = arg ? arg : "*";
+
+	return psprintf("(COALESCE(pg_catalog.%s(%s) FILTER (WHERE _stp_new%s), 0) - "
+					"COALESCE(pg_catalog.%s(%s) FILTER (WHERE NOT _stp_new%s), 0))",
+					fn, x, also, fn, x, also);
+}
+
 static void
 append_signed_aggregate(StringInfo buf, StpJobDef *def, int i, StpAggKind kind,
 						const char *arg)
 {
-	char	   *cond = i < list_length(def->agg_filters) ?
-		list_nth(def->agg_filters, i) : NULL;
-	char	   *fnew = cond ? psprintf(" FILTER (WHERE _stp_new AND (%s))", cond) :
-		" FILTER (WHERE _stp_new)";
-	char	   *fold = cond ? psprintf(" FILTER (WHERE NOT _stp_new AND (%s))", cond) :
-		" FILTER (WHERE NOT _stp_new)";
-	const char *x = arg ? arg : "*";
-	char	   *n = psprintf("(pg_catalog.count(%s)%s - pg_catalog.count(%s)%s)",
-							 x, fnew, x, fold);
+	char	   *n = signed_call(def, i, "count", arg);
 	char	   *diff;
 	char	   *sum;
 
@@ -468,8 +472,7 @@ append_signed_aggregate(StringInfo buf, StpJobDef *def, int i, StpAggKind kind,
 		appendStringInfo(buf, "%s AS a%d, ", n, i);
 		return;
 	}
-	diff = psprintf("(COALESCE(pg_catalog.sum(%s)%s, 0) - COALESCE(pg_catalog.sum(%s)%s, 0))",
-					x, fnew, x, fold);
+	diff = signed_call(def, i, "sum", arg);
 	sum = psprintf("CASE WHEN %s = 0 AND %s = 0 THEN NULL ELSE %s END", n, diff, diff);
 	if (kind == STP_AGG_SUM)
 		appendStringInfo(buf, "%s AS a%d, ", sum, i);
@@ -639,12 +642,7 @@ append_aggregation(StringInfo out, StpJobDef *def, int32 partition)
 			if ((StpAggKind) lfirst_int(lc) != STP_AGG_SUM)
 				continue;
 			if (slot_signed)
-				appendStringInfo(&buf, "(pg_catalog.count(%s) FILTER (WHERE _stp_new%s%s%s) - "
-								 "pg_catalog.count(%s) FILTER (WHERE NOT _stp_new%s%s%s)) AS c%d, ",
-								 arg, f[0] ? " AND (" : "", f[0] ? (char *) list_nth(def->agg_filters, j) : "",
-								 f[0] ? ")" : "",
-								 arg, f[0] ? " AND (" : "", f[0] ? (char *) list_nth(def->agg_filters, j) : "",
-								 f[0] ? ")" : "", j);
+				appendStringInfo(&buf, "%s AS c%d, ", signed_call(def, j, "count", arg), j);
 			else
 				appendStringInfo(&buf, "pg_catalog.count(%s)%s AS c%d, ", arg, f, j);
 		}

@@ -300,7 +300,6 @@ extern char *stp_slot_merge_sql(StpJobDef *def, int32 partition, bool old_rows);
 extern char *stp_slot_clear_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_fill_sql(StpJobDef *def, int32 partition);
 extern char *stp_slot_delete_sql(StpJobDef *def);
-extern int	stp_count_star_position(StpJobDef *def);
 extern bool stp_slot_retract_kinds(StpJobDef *def, List *agg_types);
 extern bool stp_slot_can_retract(StpJobDef *def);
 
