@@ -235,37 +235,40 @@ prepare_kept(const char *what, const char *sql)
 }
 
 /*
+ * Replace the kept statement *kept with sql prepared (what names it), or
+ * with none when sql is NULL.
+ */
+static void
+replace_kept(SPIPlanPtr *kept, const char *what, const char *sql)
+{
+	SPIPlanPtr	plan = sql ? prepare_kept(what, sql) : NULL;
+
+	if (*kept)
+		SPI_freeplan(*kept);
+	*kept = plan;
+}
+
+/*
  * Prepare the batch statement with the current names of the job's tables,
  * replacing the one made with their old names.
  */
 static void
 prepare_batch_plan(StpJobDef *def)
 {
-	SPIPlanPtr	plan;
+	int32		partition = stp_worker.args.partition;
 	MemoryContext old;
 	ListCell   *lc;
 
-	plan = prepare_kept("batch", def->slot_source ?
-						stp_slot_batch_sql(def, stp_worker.args.partition) :
-						stp_batch_sql(def, stp_worker.args.partition));
-	if (stp_worker.batch_plan)
-		SPI_freeplan(stp_worker.batch_plan);
-	stp_worker.batch_plan = plan;
+	replace_kept(&stp_worker.batch_plan, "batch", def->slot_source ?
+				 stp_slot_batch_sql(def, partition) : stp_batch_sql(def, partition));
 	if (def->slot_source)
 	{
-		plan = prepare_kept("merge", stp_slot_merge_sql(def, stp_worker.args.partition, false));
-		if (stp_worker.slot_merge_plan)
-			SPI_freeplan(stp_worker.slot_merge_plan);
-		stp_worker.slot_merge_plan = plan;
-		plan = def->slot_retract ?
-			prepare_kept("retract", stp_slot_merge_sql(def, stp_worker.args.partition, true)) : NULL;
-		if (stp_worker.slot_retract_plan)
-			SPI_freeplan(stp_worker.slot_retract_plan);
-		stp_worker.slot_retract_plan = plan;
-		plan = def->slot_retract ? prepare_kept("delete", stp_slot_delete_sql(def)) : NULL;
-		if (stp_worker.slot_delete_plan)
-			SPI_freeplan(stp_worker.slot_delete_plan);
-		stp_worker.slot_delete_plan = plan;
+		replace_kept(&stp_worker.slot_merge_plan, "merge",
+					 stp_slot_merge_sql(def, partition, false));
+		replace_kept(&stp_worker.slot_retract_plan, "retract", def->slot_retract ?
+					 stp_slot_merge_sql(def, partition, true) : NULL);
+		replace_kept(&stp_worker.slot_delete_plan, "delete", def->slot_retract ?
+					 stp_slot_delete_sql(def) : NULL);
 	}
 
 	foreach(lc, stp_worker.distinct_plans)
@@ -275,11 +278,12 @@ prepare_batch_plan(StpJobDef *def)
 
 	foreach(lc, def->agg_kinds)
 	{
+		SPIPlanPtr	plan;
+
 		if (!STP_AGG_IS_DISTINCT((StpAggKind) lfirst_int(lc)))
 			continue;
 		plan = prepare_kept("distinct count",
-							stp_distinct_sql(def, stp_worker.args.partition,
-											 foreach_current_index(lc)));
+							stp_distinct_sql(def, partition, foreach_current_index(lc)));
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		stp_worker.distinct_plans = lappend(stp_worker.distinct_plans, plan);
 		MemoryContextSwitchTo(old);

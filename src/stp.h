@@ -275,8 +275,8 @@ typedef struct StpJobDef
 	bool		slot_source;	/* decodes a logical replication slot (slot.c) */
 	bool		slot_retract;	/* a slot job whose merges retract old rows:
 								 * its aggregates are count, and sum and avg
-								 * of exact types, and its result has the
-								 * state columns for it */
+								 * of integers, and its result has the state
+								 * columns for it */
 	bool		rows_mode;		/* strategy 'rows': workers own id ranges */
 	List	   *agg_functions;	/* of Oid: a combinable aggregate (combine.c),
 								 * InvalidOid for the other kinds */
@@ -303,7 +303,7 @@ extern char *stp_slot_delete_sql(StpJobDef *def);
 extern bool stp_slot_retract_kinds(StpJobDef *def, List *agg_types);
 extern bool stp_slot_can_retract(StpJobDef *def);
 
-/* A retracting slot job's row count, when its query has no count(*). */
+/* The state column of a retracting slot job's row count per group. */
 #define STP_ROWS_COLUMN "_stp_rows"
 
 /* A column of the result table, as the job's query produces it. */
