@@ -371,6 +371,74 @@ UPDATE ret SET i4 = NULL WHERE id = 2;
 SELECT stp_wait('ret_sums') AND stp_wait('ret_nocount') AND stp_wait('ret_float') AS caught_up;
 SELECT * FROM ret_diff();
 SELECT * FROM ret_nocount;
+-- A job whose aggregates all retract never reads its source once its
+-- groups are built: not in the first batch after its worker starts again,
+-- nor after a TRUNCATE, which empties its groups at that point of the
+-- stream.  The source's scan counters do not move while the job catches
+-- up; the worker reports its statistics when it goes idle, and the test
+-- waits for the result table's to move first.
+CREATE TABLE ret_blind_src (id int PRIMARY KEY, k int, v int);
+ALTER TABLE ret_blind_src REPLICA IDENTITY FULL;
+INSERT INTO ret_blind_src SELECT i, i % 3, i FROM generate_series(1, 30) i;
+CREATE VIEW ret_blind_batch AS
+SELECT k, count(*) AS n, sum(v) AS s, avg(v) AS a FROM ret_blind_src GROUP BY k;
+SELECT stp_start_job('ret_blind', 'SELECT k, count(*) AS n, sum(v) AS s, avg(v) AS a FROM ret_blind_src GROUP BY k',
+                     'ret_blind', partitions => 2, source => 'slot') > 0 AS started;
+SELECT stp_wait('ret_blind') AS caught_up;
+SELECT stp_stop_job('ret_blind');
+CREATE FUNCTION ret_blind_reads() RETURNS bigint LANGUAGE sql AS $$
+    SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+    WHERE relid = 'ret_blind_src'::regclass
+$$;
+CREATE FUNCTION ret_blind_writes() RETURNS bigint LANGUAGE sql AS $$
+    SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables
+    WHERE relid = 'ret_blind'::regclass
+$$;
+CREATE PROCEDURE ret_blind_settle(since bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        IF ret_blind_writes() > since THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'the worker reported no writes to its result';
+END $$;
+UPDATE ret_blind_src SET k = k + 1 WHERE id % 4 = 0;
+DELETE FROM ret_blind_src WHERE id % 5 = 0;
+INSERT INTO ret_blind_src VALUES (31, NULL, 7);
+SELECT pg_stat_force_next_flush();
+SELECT ret_blind_reads() AS reads, ret_blind_writes() AS writes \gset
+SELECT stp_resume_job('ret_blind');
+SELECT stp_wait('ret_blind') AS caught_up;
+CALL ret_blind_settle(:writes);
+SELECT ret_blind_reads() - :reads AS source_reads;
+SELECT k, n, s, a FROM ret_blind EXCEPT SELECT * FROM ret_blind_batch;
+SELECT * FROM ret_blind_batch EXCEPT SELECT k, n, s, a FROM ret_blind;
+SELECT stp_stop_job('ret_blind');
+BEGIN;
+INSERT INTO ret_blind_src VALUES (40, 9, 9);
+UPDATE ret_blind_src SET v = v + 1 WHERE id = 1;
+TRUNCATE ret_blind_src;
+INSERT INTO ret_blind_src SELECT i, i % 2, i FROM generate_series(1, 6) i;
+UPDATE ret_blind_src SET k = 5 WHERE id = 1;
+COMMIT;
+DELETE FROM ret_blind_src WHERE id = 2;
+SELECT pg_stat_force_next_flush();
+SELECT ret_blind_reads() AS reads, ret_blind_writes() AS writes \gset
+SELECT stp_resume_job('ret_blind');
+SELECT stp_wait('ret_blind') AS caught_up;
+CALL ret_blind_settle(:writes);
+SELECT ret_blind_reads() - :reads AS source_reads;
+SELECT k, n, s, a FROM ret_blind EXCEPT SELECT * FROM ret_blind_batch;
+SELECT * FROM ret_blind_batch EXCEPT SELECT k, n, s, a FROM ret_blind;
+SELECT k, n, s FROM ret_blind ORDER BY k;
+SELECT stp_drop_job('ret_blind', drop_result => true);
+DROP PROCEDURE ret_blind_settle;
+DROP FUNCTION ret_blind_reads, ret_blind_writes;
+DROP VIEW ret_blind_batch;
+DROP TABLE ret_blind_src;
 SELECT stp_drop_job('ret_sums', drop_result => true);
 SELECT stp_drop_job('ret_nocount', drop_result => true);
 SELECT stp_drop_job('ret_float', drop_result => true);

@@ -30,12 +30,16 @@
  * and new rows of UPDATEs whose old row belongs to another partition) is
  * merged: the rows are aggregated and merged into the result table as a
  * table job merges its batch, without reading the source, when the
- * horizon below allows it.  Any other batch (an old row of an UPDATE or
- * DELETE, whose value a min, max, or an emptied group cannot take back)
- * reads the decoded rows through stp.slot_changes(), finds the
- * partition's groups they touched, and computes each of them again from
- * the source, replacing its row in the result table or deleting it when
- * it has no row any more.  The WAL
+ * horizon below allows it.  A job whose aggregates are all counts and
+ * integer sums (it keeps each group's row count, _stp_rows) merges old
+ * rows too, subtracting them, deletes the groups whose count reached 0,
+ * and takes a TRUNCATE as the deletion of every group at that point of
+ * the stream: it never reads the source after its groups were built.  Any
+ * other batch (an old row of an UPDATE or DELETE, whose value a min, max,
+ * or an emptied group cannot take back) reads the decoded rows through
+ * stp.slot_changes(), finds the partition's groups they touched, and
+ * computes each of them again from the source, replacing its row in the
+ * result table or deleting it when it has no row any more.  The WAL
  * position up to which the batch decoded commits with the result changes
  * in the partition's progress row; the slot is confirmed only after that
  * commit.  After a crash the slot may restart below the stored position:
@@ -68,6 +72,7 @@
  * that starts takes H = the insert position at its first step, which is
  * above every snapshot of an earlier process.  So the result equals the
  * job's query once every commit is decoded, whichever batches merged.
+ * (A job that retracts never recomputes, so its horizon stays 0.)
  *
  * A partition whose slot is missing (never created, lost in a crash
  * before it was made persistent, or dropped by hand to rebuild the job)
@@ -140,7 +145,11 @@ typedef struct StpDecoded
 	Tuplestorestate *old_rows;	/* old rows (UPDATE, DELETE) */
 	int64		nrows;			/* in both */
 	int64		nretracted;		/* of which old rows */
-	bool		truncated;		/* the source was truncated */
+	bool		truncated;		/* the source was truncated: rebuild */
+	bool		retract;		/* the job retracts old rows */
+	bool		cleared;		/* ... and the rows above follow a TRUNCATE */
+	int			hand_over;		/* STP_NEW_ROWS | STP_OLD_ROWS: see below */
+	int			handed_over;	/* ... handed over already */
 	TransactionId *xids;		/* the transactions that changed it */
 	int			nxids;
 	int			maxxids;
@@ -160,6 +169,14 @@ typedef struct StpDecoded
 } StpDecoded;
 
 static StpDecoded *decoded = NULL;
+
+/*
+ * The step's statement that reads a tuplestore for the last time gets it
+ * from stp.slot_changes() as its own result, and ends it; the others get
+ * a copy.
+ */
+#define STP_NEW_ROWS	1
+#define STP_OLD_ROWS	2
 
 /*
  * The position the slot may be confirmed up to once the WAL is flushed up
@@ -281,22 +298,21 @@ remember_xid(TransactionId xid)
 }
 
 /*
- * Keep one decoded row, with every value in line: the tuplestore outlives
- * the reorder buffer's memory.  A TOASTed value that the transaction
- * wrote arrives as an indirect pointer to the value that the reorder
- * buffer put together, and is copied.  In a new row, a TOASTed value that
- * the UPDATE left unchanged arrives as a pointer to the old value on disk,
- * which the old row (REPLICA IDENTITY FULL logs it whole) holds.
+ * A decoded row with every value in line: the tuplestore outlives the
+ * reorder buffer's memory.  A TOASTed value that the transaction wrote
+ * arrives as an indirect pointer to the value that the reorder buffer put
+ * together, and is copied.  In a new row, a TOASTed value that the UPDATE
+ * left unchanged arrives as a pointer to the old value on disk, which the
+ * old row (REPLICA IDENTITY FULL logs it whole) holds.
  */
-static void
-keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple, bool retracted)
+static HeapTuple
+row_in_line(Relation relation, HeapTuple tuple, HeapTuple old_tuple)
 {
 	TupleDesc	desc = RelationGetDescr(relation);
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 	Datum	   *old_values = NULL;
 	bool	   *old_nulls = NULL;
-	HeapTuple	row;
 
 	heap_deform_tuple(tuple, desc, values, nulls);
 	for (int i = 0; i < desc->natts; i++)
@@ -335,7 +351,19 @@ keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple, bool retracted
 					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL.",
 							 RelationGetRelationName(relation))));
 	}
-	row = heap_form_tuple(desc, values, nulls);
+	return heap_form_tuple(desc, values, nulls);
+}
+
+/*
+ * Keep one decoded row; the tuplestore copies it.
+ */
+static void
+keep_row(Relation relation, HeapTuple tuple, HeapTuple old_tuple, bool retracted)
+{
+	HeapTuple	row = tuple;
+
+	if (HeapTupleHasExternal(tuple))
+		row = row_in_line(relation, tuple, old_tuple);
 	tuplestore_puttuple(retracted ? decoded->old_rows : decoded->rows, row);
 	decoded->nrows++;
 	if (retracted)
@@ -464,7 +492,11 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 }
 
 /*
- * A TRUNCATE of the source: the worker builds its groups again.
+ * A TRUNCATE of the source.  A job that retracts old rows holds exactly
+ * the decoded changes, so it empties the partition's groups at this point
+ * of the stream: the rows kept so far are dropped, and the batch deletes
+ * the groups before it merges the rows decoded after the TRUNCATE.  Any
+ * other job builds its groups again from the source.
  */
 static void
 plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
@@ -474,11 +506,19 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		return;
 	for (int i = 0; i < nrelations; i++)
 	{
-		if (RelationGetRelid(relations[i]) == decoded->relid)
+		if (RelationGetRelid(relations[i]) != decoded->relid)
+			continue;
+		if (decoded->retract)
 		{
-			decoded->truncated = true;
-			remember_xid(txn->xid);
+			tuplestore_clear(decoded->rows);
+			tuplestore_clear(decoded->old_rows);
+			decoded->nrows = 0;
+			decoded->nretracted = 0;
+			decoded->cleared = true;
 		}
+		else
+			decoded->truncated = true;
+		remember_xid(txn->xid);
 	}
 }
 
@@ -510,7 +550,7 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (decoded == NULL || decoded->rows == NULL ||
+	if (decoded == NULL ||
 		rsinfo->setDesc->tdtypeid != get_rel_type_id(decoded->relid))
 		return (Datum) 0;
 	if (!same_column_types(rsinfo->setDesc))
@@ -524,10 +564,25 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 	for (int old = 0; old <= 1; old++)
 	{
 		Tuplestorestate *rows = old ? decoded->old_rows : decoded->rows;
+		int			which = old ? STP_OLD_ROWS : STP_NEW_ROWS;
 
 		if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1) != (bool) old)
 			continue;
+		if (decoded->handed_over & which)
+			elog(ERROR, "the decoded rows were read already");
 		tuplestore_rescan(rows);
+		if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && (decoded->hand_over & which))
+		{
+			/* The last read: the executor ends the tuplestore. */
+			tuplestore_end(rsinfo->setResult);
+			rsinfo->setResult = rows;
+			decoded->handed_over |= which;
+			if (old)
+				decoded->old_rows = NULL;
+			else
+				decoded->rows = NULL;
+			continue;
+		}
 		while (tuplestore_gettupleslot(rows, true, false, slot))
 			tuplestore_puttupleslot(rsinfo->setResult, slot);
 	}
@@ -623,6 +678,7 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 	decoded->mcxt = mcxt;
 	decoded->relid = relid;
 	decoded->skip_upto = skip_upto;
+	decoded->retract = stp_worker.def->slot_retract;
 	decoded->rows = tuplestore_begin_heap(false, true, work_mem);
 	tuplestore_set_eflags(decoded->rows, EXEC_FLAG_REWIND);
 	decoded->old_rows = tuplestore_begin_heap(false, true, work_mem);
@@ -769,6 +825,53 @@ store_progress(XLogRecPtr upto, int64 rows)
 }
 
 /*
+ * Delete the partition's groups from the result table.
+ */
+static void
+clear_groups(void)
+{
+	int			ret;
+
+	ret = SPI_execute(stp_slot_clear_sql(stp_worker.def, stp_worker.args.partition), false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "could not clear the partition's groups: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Merge the decoded rows into the partition's groups: the new rows only,
+ * or, for a job that retracts, the new rows less the old ones, and then
+ * delete the groups that lost their last row, in the same transaction.
+ */
+static void
+merge_decoded(Datum *values)
+{
+	bool		isnull;
+	int			ret;
+
+	if (decoded->nretracted == 0)
+	{
+		decoded->hand_over = STP_NEW_ROWS;
+		ret = SPI_execute_plan(stp_worker.slot_merge_plan, values, NULL, false, 0);
+	}
+	else
+	{
+		/* The deletion reads the old rows again. */
+		decoded->hand_over = STP_NEW_ROWS;
+		ret = SPI_execute_plan(stp_worker.slot_retract_plan, values, NULL, false, 0);
+		if (ret == SPI_OK_SELECT && SPI_processed == 1 && stp_worker.def->slot_retract &&
+			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										3, &isnull)) > 0)
+		{
+			decoded->hand_over = STP_OLD_ROWS;
+			ret = SPI_execute_plan(stp_worker.slot_delete_plan, values, NULL, false, 0);
+		}
+	}
+	decoded->hand_over = 0;
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+}
+
+/*
  * Build the partition's groups from the whole source under the current
  * snapshot: delete its rows from the result table, insert them again.
  * Returns the number of groups.
@@ -779,9 +882,7 @@ rebuild_groups(void)
 	StpJobDef  *def = stp_worker.def;
 	int			ret;
 
-	ret = SPI_execute(stp_slot_clear_sql(def, stp_worker.args.partition), false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "could not clear the partition's groups: %s", SPI_result_code_string(ret));
+	clear_groups();
 	ret = SPI_execute(stp_slot_fill_sql(def, stp_worker.args.partition), false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not build the partition's groups: %s", SPI_result_code_string(ret));
@@ -1156,7 +1257,9 @@ stp_slot_step(bool *stop)
 
 	if (!recompute_horizon_known)
 	{
-		recompute_horizon = stp_wal_insert_end();
+		/* A job that retracts old rows computes no group from the source. */
+		recompute_horizon = stp_worker.def->slot_retract ? InvalidXLogRecPtr :
+			stp_wal_insert_end();
 		recompute_horizon_known = true;
 	}
 	stp_slot_name(name, MyDatabaseId, stp_worker.args.job_id, stp_worker.args.partition);
@@ -1232,7 +1335,7 @@ stp_slot_step(bool *stop)
 				 errdetail("The WAL holds rows of the source with other column types than it has now."),
 				 errhint("Drop the job and create it again.")));
 
-	if (decoded->nrows == 0 && !decoded->truncated)
+	if (decoded->nrows == 0 && !decoded->truncated && !decoded->cleared)
 	{
 		/*
 		 * Nothing for the source: the result holds every change up to upto
@@ -1251,6 +1354,10 @@ stp_slot_step(bool *stop)
 	}
 
 	stp_set_slot_state(STP_WS_RUNNING);
+
+	/* Groups emptied by a TRUNCATE that the batch cannot merge after: rebuild. */
+	if (decoded->cleared && (XLogRecPtr) stp_worker.offset < recompute_horizon)
+		decoded->truncated = true;
 
 	/*
 	 * New rows only (or a job whose merges retract old rows), and no
@@ -1344,30 +1451,22 @@ stp_slot_step(bool *stop)
 		/* Every snapshot the rebuild took is older than this position. */
 		recompute_horizon = stp_wal_insert_end();
 	}
+	else if (merge)
+	{
+		/* A TRUNCATE first empties the groups (see plugin_truncate). */
+		if (decoded->cleared)
+			clear_groups();
+		if (decoded->nrows > 0)
+			merge_decoded(values);
+	}
 	else
 	{
-		if (merge)
-		{
-			bool		isnull;
-
-			ret = SPI_execute_plan(decoded->nretracted > 0 ? stp_worker.slot_retract_plan :
-								   stp_worker.slot_merge_plan, values, NULL, false, 0);
-
-			/* Groups that lost their last row go, in the same transaction. */
-			if (ret == SPI_OK_SELECT && SPI_processed == 1 && stp_worker.def->slot_retract &&
-				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											3, &isnull)) > 0)
-				ret = SPI_execute_plan(stp_worker.slot_delete_plan, values, NULL, false, 0);
-		}
-		else
-		{
-			/* Under the snapshot that saw every decoded transaction. */
-			ret = SPI_execute_snapshot(stp_worker.batch_plan, values, NULL, snap,
-									   InvalidSnapshot, false, false, 0);
-			recompute_horizon = horizon;
-		}
+		/* Under the snapshot that saw every decoded transaction. */
+		ret = SPI_execute_snapshot(stp_worker.batch_plan, values, NULL, snap,
+								   InvalidSnapshot, false, false, 0);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "batch statement failed: %s", SPI_result_code_string(ret));
+		recompute_horizon = horizon;
 	}
 	if (snap != NULL)
 	{
