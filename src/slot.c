@@ -84,6 +84,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "access/detoast.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -177,6 +179,10 @@ static StpDecoded *decoded = NULL;
  */
 #define STP_NEW_ROWS	1
 #define STP_OLD_ROWS	2
+
+/* How long a busy slot worker rests between steps: see stp_slot_step. */
+#define STP_SLOT_REST		4	/* times the CPU time of its last step */
+#define STP_SLOT_REST_MAX	10	/* poll intervals at most */
 
 /*
  * The position the slot may be confirmed up to once the WAL is flushed up
@@ -591,6 +597,20 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 }
 
 /* ---- the worker's side ---- */
+
+/*
+ * The CPU time this process used, in microseconds.
+ */
+static int64
+process_cpu_us(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return 0;
+	return (int64) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+		ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
 
 /*
  * Forget what the last step collected.
@@ -1254,6 +1274,7 @@ stp_slot_step(bool *stop)
 	int			ret;
 	Oid			busy = InvalidOid;
 	TimestampTz started = GetCurrentTimestamp();
+	int64		cpu_started = process_cpu_us();
 
 	if (!recompute_horizon_known)
 	{
@@ -1501,12 +1522,23 @@ stp_slot_step(bool *stop)
 	 * steady stream of small transactions a worker that stepped again at
 	 * once would pay that for every handful of them, on the writers' CPUs.
 	 * A step that reached the flushed WAL (not cut at batch_size) starts
-	 * the next one poll_interval after its own start; stp_wait's wake-up
-	 * starts it at once.
+	 * the next one poll_interval after its own start.  A step that worked
+	 * long (in CPU time) rests STP_SLOT_REST times as long, up to
+	 * STP_SLOT_REST_MAX poll intervals: the longer wait merges more
+	 * changes into each group it touches, so that a worker under a
+	 * stream of many groups keeps to about a fifth of a CPU where it can.
+	 * stp_wait's wake-up starts the next step at once.
 	 */
 	if (rows < stp_worker.def->batch_size)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int64		rest = Min((process_cpu_us() - cpu_started) * STP_SLOT_REST,
+							   (int64) stp_worker.def->poll_interval_ms * 1000 * STP_SLOT_REST_MAX);
+
 		stp_worker.next_step_at =
-			TimestampTzPlusMilliseconds(started, stp_worker.def->poll_interval_ms);
+			Max(TimestampTzPlusMilliseconds(started, stp_worker.def->poll_interval_ms),
+				now + rest);
+	}
 	return true;
 }
 
