@@ -394,28 +394,37 @@ CREATE FUNCTION ret_blind_writes() RETURNS bigint LANGUAGE sql AS $$
     SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables
     WHERE relid = 'ret_blind'::regclass
 $$;
-CREATE PROCEDURE ret_blind_settle(since bigint) LANGUAGE plpgsql AS $$
+-- Once the job caught up and its worker reported writes to its result:
+-- how many scans of the source were reported since.
+CREATE FUNCTION ret_blind_caught_up(reads bigint, writes bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
 BEGIN
+    IF NOT stp_wait('ret_blind') THEN
+        RAISE EXCEPTION 'job ret_blind did not catch up';
+    END IF;
     FOR i IN 1 .. 600 LOOP
         PERFORM pg_stat_clear_snapshot();
-        IF ret_blind_writes() > since THEN
-            RETURN;
+        IF ret_blind_writes() > writes THEN
+            RETURN ret_blind_reads() - reads;
         END IF;
         PERFORM pg_sleep(0.05);
     END LOOP;
     RAISE EXCEPTION 'the worker reported no writes to its result';
 END $$;
+CREATE FUNCTION ret_blind_diff() RETURNS TABLE (side text, k int, n bigint, s bigint, a numeric)
+LANGUAGE sql AS $$
+    (SELECT 'job', k, n, s, a FROM ret_blind EXCEPT SELECT 'job', * FROM ret_blind_batch)
+    UNION ALL
+    (SELECT 'batch', * FROM ret_blind_batch EXCEPT SELECT 'batch', k, n, s, a FROM ret_blind)
+$$;
 UPDATE ret_blind_src SET k = k + 1 WHERE id % 4 = 0;
 DELETE FROM ret_blind_src WHERE id % 5 = 0;
 INSERT INTO ret_blind_src VALUES (31, NULL, 7);
 SELECT pg_stat_force_next_flush();
 SELECT ret_blind_reads() AS reads, ret_blind_writes() AS writes \gset
 SELECT stp_resume_job('ret_blind');
-SELECT stp_wait('ret_blind') AS caught_up;
-CALL ret_blind_settle(:writes);
-SELECT ret_blind_reads() - :reads AS source_reads;
-SELECT k, n, s, a FROM ret_blind EXCEPT SELECT * FROM ret_blind_batch;
-SELECT * FROM ret_blind_batch EXCEPT SELECT k, n, s, a FROM ret_blind;
+SELECT ret_blind_caught_up(:reads, :writes) AS source_reads;
+SELECT * FROM ret_blind_diff();
 SELECT stp_stop_job('ret_blind');
 BEGIN;
 INSERT INTO ret_blind_src VALUES (40, 9, 9);
@@ -428,15 +437,11 @@ DELETE FROM ret_blind_src WHERE id = 2;
 SELECT pg_stat_force_next_flush();
 SELECT ret_blind_reads() AS reads, ret_blind_writes() AS writes \gset
 SELECT stp_resume_job('ret_blind');
-SELECT stp_wait('ret_blind') AS caught_up;
-CALL ret_blind_settle(:writes);
-SELECT ret_blind_reads() - :reads AS source_reads;
-SELECT k, n, s, a FROM ret_blind EXCEPT SELECT * FROM ret_blind_batch;
-SELECT * FROM ret_blind_batch EXCEPT SELECT k, n, s, a FROM ret_blind;
+SELECT ret_blind_caught_up(:reads, :writes) AS source_reads;
+SELECT * FROM ret_blind_diff();
 SELECT k, n, s FROM ret_blind ORDER BY k;
 SELECT stp_drop_job('ret_blind', drop_result => true);
-DROP PROCEDURE ret_blind_settle;
-DROP FUNCTION ret_blind_reads, ret_blind_writes;
+DROP FUNCTION ret_blind_caught_up, ret_blind_diff, ret_blind_reads, ret_blind_writes;
 DROP VIEW ret_blind_batch;
 DROP TABLE ret_blind_src;
 SELECT stp_drop_job('ret_sums', drop_result => true);

@@ -13,7 +13,8 @@
 # run on it, with 1 and 3 partitions and small batches.  Meanwhile a
 # partition worker is killed with SIGKILL (the server restarts) and the
 # server is stopped in immediate mode.  Then one transaction changes far
-# more than logical_decoding_work_mem (64kB here) holds, and must spill.
+# more than logical_decoding_work_mem (64kB here) holds, and must spill,
+# and a TRUNCATE comes amid the writers.
 # Once the writers stop and the jobs caught up, every result table equals
 # its query as a batch SELECT.  A slot that belongs to no job is dropped
 # by the starter, and the jobs' slots go with the jobs, or with DROP
@@ -202,21 +203,22 @@ start_writers(3);
 sleep 5;
 
 # ---- SIGKILL of a partition worker, mid-batch if possible ----
-my $log_offset = -s $node->logfile;
-my ($victim, $vjob, $vpart) = StpTest::pick_worker($node, 5, "s.job_name = 'j3'");
-ok(defined $victim, 'a worker of j3 to kill');
-note "killing worker $victim of $vjob partition $vpart";
-kill 'KILL', $victim;
-StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset, "worker $victim");
+# Kill a worker of job $job with SIGKILL, and wait for the server's restart.
+sub kill_worker
+{
+	my ($job, $label) = @_;
+	my $log_offset = -s $node->logfile;
+	my ($victim, $vjob, $vpart) = StpTest::pick_worker($node, 5, "s.job_name = '$job'");
+	ok(defined $victim, "a worker of $job to kill$label");
+	note "killing worker $victim of $vjob partition $vpart";
+	kill 'KILL', $victim;
+	StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset, "worker $victim");
+}
+kill_worker('j3', '');
 sleep 5;
 
 # ... and of the retracting job, whose merges subtract: applied once.
-$log_offset = -s $node->logfile;
-($victim, $vjob, $vpart) = StpTest::pick_worker($node, 5, "s.job_name = 'jr'");
-ok(defined $victim, 'a worker of jr to kill');
-note "killing worker $victim of $vjob partition $vpart";
-kill 'KILL', $victim;
-StpTest::wait_for_crash_restart($node, 'stp worker', $victim, $log_offset, "worker $victim");
+kill_worker('jr', '');
 sleep 3;
 
 # ---- immediate stop while the writers write ----
@@ -249,12 +251,37 @@ ok( $node->safe_psql(
 		"SELECT sum(spill_txns) > 0 FROM pg_stat_replication_slots WHERE slot_name LIKE 'stp\\_%'") eq 't',
 	'the large transaction was spilled to disk');
 
+# ---- TRUNCATE under writers ----
+# The retracting job deletes its groups at the TRUNCATE's place in the
+# stream and merges what follows; the others build theirs again from the
+# table.  A worker of the retracting job is killed right after.
+start_writers(2);
+sleep 2;
+$node->safe_psql(
+	'postgres', q{
+BEGIN;
+INSERT INTO acct VALUES (96000000, 3, 't1', 1, 1, 'T');
+UPDATE acct SET x = x + 1 WHERE id <= 100;
+TRUNCATE acct;
+INSERT INTO acct
+SELECT i, i % 17, CASE WHEN i % 11 = 0 THEN NULL ELSE 't' || (i % 7) END,
+       (i * 37 % 1000) / 10.0, CASE WHEN i % 5 = 0 THEN NULL ELSE i % 100 END,
+       repeat(chr(65 + i % 5), 4000)
+FROM generate_series(1, 3000) i;
+DELETE FROM acct WHERE id % 7 = 0;
+COMMIT;
+});
+kill_worker('jr', ' after the TRUNCATE');
+sleep 2;
+stop_writers();
+check_jobs('after a TRUNCATE under writers and a SIGKILL');
+
 # ---- query cancels of running workers under writers ----
 # A cancel is an error in the step it lands in (while the worker decodes,
 # waits or merges): the step is rolled back and done again after the
 # backoff, with nothing counted twice or lost.  A worker that is cancelled
 # while it sleeps exits, and the launcher starts it again.
-$log_offset = -s $node->logfile;
+my $log_offset = -s $node->logfile;
 start_writers(2);
 my $cancels = 0;
 for my $i (1 .. 16)
