@@ -183,6 +183,7 @@ static StpDecoded *decoded = NULL;
 /* How long a busy slot worker rests between steps: see stp_slot_step. */
 #define STP_SLOT_REST		4	/* times the CPU time of its last step */
 #define STP_SLOT_REST_MAX	10	/* poll intervals at most */
+#define STP_SLOT_REST_ROWS	1000	/* after a step of this many rows or more */
 
 /*
  * The position the slot may be confirmed up to once the WAL is flushed up
@@ -1522,18 +1523,23 @@ stp_slot_step(bool *stop)
 	 * steady stream of small transactions a worker that stepped again at
 	 * once would pay that for every handful of them, on the writers' CPUs.
 	 * A step that reached the flushed WAL (not cut at batch_size) starts
-	 * the next one poll_interval after its own start.  A step that worked
-	 * long (in CPU time) rests STP_SLOT_REST times as long, up to
+	 * the next one poll_interval after its own start.  A step of many
+	 * rows rests STP_SLOT_REST times the CPU time it used, up to
 	 * STP_SLOT_REST_MAX poll intervals: the longer wait merges more
-	 * changes into each group it touches, so that a worker under a
+	 * changes into each group it touches, so that a worker under a heavy
 	 * stream of many groups keeps to about a fifth of a CPU where it can.
+	 * A step of few rows that used much CPU (its plans made again after
+	 * an invalidation) does not rest: waiting would merge nothing more.
 	 * stp_wait's wake-up starts the next step at once.
 	 */
 	if (rows < stp_worker.def->batch_size)
 	{
 		TimestampTz now = GetCurrentTimestamp();
-		int64		rest = Min((process_cpu_us() - cpu_started) * STP_SLOT_REST,
-							   (int64) stp_worker.def->poll_interval_ms * 1000 * STP_SLOT_REST_MAX);
+		int64		rest = 0;
+
+		if (rows >= STP_SLOT_REST_ROWS)
+			rest = Min((process_cpu_us() - cpu_started) * STP_SLOT_REST,
+					   (int64) stp_worker.def->poll_interval_ms * 1000 * STP_SLOT_REST_MAX);
 
 		stp_worker.next_step_at =
 			Max(TimestampTzPlusMilliseconds(started, stp_worker.def->poll_interval_ms),
