@@ -148,10 +148,8 @@ typedef struct StpDecoded
 	int64		nrows;			/* in both */
 	int64		nretracted;		/* of which old rows */
 	bool		truncated;		/* the source was truncated: rebuild */
-	bool		retract;		/* the job retracts old rows */
-	bool		cleared;		/* ... and the rows above follow a TRUNCATE */
+	bool		cleared;		/* a retracting job's rows follow a TRUNCATE */
 	int			hand_over;		/* STP_NEW_ROWS | STP_OLD_ROWS: see below */
-	int			handed_over;	/* ... handed over already */
 	TransactionId *xids;		/* the transactions that changed it */
 	int			nxids;
 	int			maxxids;
@@ -515,7 +513,7 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		if (RelationGetRelid(relations[i]) != decoded->relid)
 			continue;
-		if (decoded->retract)
+		if (stp_worker.def->slot_retract)
 		{
 			tuplestore_clear(decoded->rows);
 			tuplestore_clear(decoded->old_rows);
@@ -575,7 +573,7 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 
 		if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1) != (bool) old)
 			continue;
-		if (decoded->handed_over & which)
+		if (rows == NULL)
 			elog(ERROR, "the decoded rows were read already");
 		tuplestore_rescan(rows);
 		if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && (decoded->hand_over & which))
@@ -583,7 +581,6 @@ stp_slot_changes(PG_FUNCTION_ARGS)
 			/* The last read: the executor ends the tuplestore. */
 			tuplestore_end(rsinfo->setResult);
 			rsinfo->setResult = rows;
-			decoded->handed_over |= which;
 			if (old)
 				decoded->old_rows = NULL;
 			else
@@ -699,7 +696,6 @@ decoded_begin(Oid relid, XLogRecPtr skip_upto)
 	decoded->mcxt = mcxt;
 	decoded->relid = relid;
 	decoded->skip_upto = skip_upto;
-	decoded->retract = stp_worker.def->slot_retract;
 	decoded->rows = tuplestore_begin_heap(false, true, work_mem);
 	tuplestore_set_eflags(decoded->rows, EXEC_FLAG_REWIND);
 	decoded->old_rows = tuplestore_begin_heap(false, true, work_mem);
